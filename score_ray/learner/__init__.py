@@ -1,0 +1,1 @@
+"""Learner side: DeepSpeed ranks that apply the SCoRe loss and publish weights."""

@@ -1,0 +1,232 @@
+"""Learner: one DeepSpeed rank holding the policy, its optimizer and a frozen reference.
+
+API (called on every rank of the group at once; see `LearnerGroup`):
+    setup()                             -> None   join the process group, build engine
+    train_step(shard, stage)            -> dict   one policy update on this rank's shard
+    sequence_logprobs(token_id_lists)   -> list   current-policy log-probs
+    send_weights(version)               -> WeightHandle | None  (rank 0 returns it)
+    save_pretrained(path)               -> None   HF folder that transformers and vLLM load
+
+The loss itself is `score_ray.algo.score_loss`; this file only feeds it tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from score_ray.algo import (
+    TraceBatch,
+    attempt_kl_coefficients,
+    score_loss,
+    token_logprobs,
+)
+from score_ray.config import Config
+from score_ray.sync import WeightHandle, make_transport
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LearnerShard:
+    """One rank's slice of a training batch."""
+
+    batch: TraceBatch
+    advantage1: torch.Tensor  # [B] per-trace advantage of attempt 1
+    advantage2: torch.Tensor  # [B] per-trace advantage of attempt 2
+
+
+def deepspeed_config(cfg: Config, on_gpu: bool) -> dict[str, Any]:
+    learner = cfg.learner
+    local_batch = cfg.train.traces_per_step // learner.world_size
+    zero: dict[str, Any] = {"stage": learner.zero_stage}
+    if not on_gpu:
+        # gloo has no reduce_scatter; all-reduce gives the same averaged gradient.
+        zero["reduce_scatter"] = False
+    return {
+        "train_micro_batch_size_per_gpu": learner.micro_batch_size,
+        "gradient_accumulation_steps": local_batch // learner.micro_batch_size,
+        "gradient_clipping": learner.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": on_gpu and cfg.model.dtype == "bfloat16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Learner:
+    def __init__(self, cfg: Config, model_path: str, rank: int) -> None:
+        self.cfg = cfg
+        self.model_path = model_path
+        self.rank = rank
+        self.on_gpu = torch.cuda.is_available() and cfg.learner.num_gpus > 0
+        if not self.on_gpu:
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        self.engine: Any = None
+        self.reference: Any = None
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        """Join the process group and build the DeepSpeed engine (collective: all ranks)."""
+        os.environ.update(
+            {
+                "RANK": str(self.rank),
+                "WORLD_SIZE": str(self.cfg.learner.world_size),
+                "LOCAL_RANK": "0",  # Ray gives each actor its own device view
+                "MASTER_ADDR": master_addr,
+                "MASTER_PORT": str(master_port),
+            }
+        )
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        threads = self.cfg.learner.threads or max(
+            1, (os.cpu_count() or 1) // min(self.cfg.learner.world_size, os.cpu_count() or 1)
+        )
+        torch.set_num_threads(threads)
+        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
+        torch.manual_seed(self.cfg.train.seed)
+        dtype = _TORCH_DTYPES[self.cfg.model.dtype]
+        policy = AutoModelForCausalLM.from_pretrained(self.model_path, torch_dtype=dtype)
+        if self.cfg.learner.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+        optimizer = torch.optim.AdamW(
+            policy.parameters(),
+            lr=self.cfg.learner.lr,
+            betas=(self.cfg.learner.adam_beta1, self.cfg.learner.adam_beta2),
+            weight_decay=self.cfg.learner.weight_decay,
+        )
+        self.engine, *_ = deepspeed.initialize(
+            model=policy,
+            optimizer=optimizer,
+            config=deepspeed_config(self.cfg, self.on_gpu),
+        )
+        reference = AutoModelForCausalLM.from_pretrained(self.model_path, torch_dtype=dtype)
+        self.reference = reference.to(self.engine.device).eval().requires_grad_(False)
+        self.transport = make_transport("object_store")
+
+    def master_address(self) -> tuple[str, int]:
+        """Rank 0 only: an address and free port for the process group."""
+        import socket
+
+        import ray
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def train_step(self, shard: LearnerShard, stage: int) -> dict[str, float]:
+        """One optimizer step: micro-batches with gradient accumulation, then step."""
+        cfg = self.cfg
+        kl_coef1, kl_coef2 = attempt_kl_coefficients(stage, cfg.algo.beta1, cfg.algo.beta2)
+        micro = cfg.learner.micro_batch_size
+        totals = dict.fromkeys(
+            ("loss", "pg_loss", "kl_loss", "kl1_sum", "kl1_tokens", "kl2_sum", "kl2_tokens"), 0.0
+        )
+        num_micro = len(shard.batch) // micro
+        self.engine.train()
+        for start in range(0, len(shard.batch), micro):
+            piece = _trim_padding(shard.batch.slice(start, start + micro))
+            piece = _to_device(piece, self.engine.device)
+            logprobs = self._logprobs(self.engine, piece)
+            with torch.no_grad():
+                ref_logprobs = self._logprobs(self.reference, piece)
+            terms = score_loss(
+                logprobs,
+                ref_logprobs,
+                piece.attempt1_mask,
+                piece.attempt2_mask,
+                shard.advantage1[start : start + micro].to(self.engine.device),
+                shard.advantage2[start : start + micro].to(self.engine.device),
+                kl_coef1,
+                kl_coef2,
+                token_normalizer=float(cfg.rollout.max_new_tokens),
+                kl_estimator=cfg.algo.kl_estimator,
+            )
+            self.engine.backward(terms.loss)
+            self.engine.step()
+            totals["loss"] += terms.loss.item() / num_micro
+            totals["pg_loss"] += terms.pg_loss / num_micro
+            totals["kl_loss"] += terms.kl_loss / num_micro
+            for key in ("kl1_sum", "kl1_tokens", "kl2_sum", "kl2_tokens"):
+                totals[key] += getattr(terms, key)
+        grad_norm = self.engine.get_global_grad_norm()
+        totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        return totals
+
+    @staticmethod
+    def _logprobs(model: Any, batch: TraceBatch) -> torch.Tensor:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return token_logprobs(logits, batch.input_ids)
+
+    @torch.no_grad()
+    def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:
+        """log p(token_t | tokens_<t) for t >= 1, under the current policy."""
+        self.engine.eval()
+        out = []
+        for ids in token_id_lists:
+            input_ids = torch.tensor([ids], device=self.engine.device)
+            mask = torch.ones_like(input_ids)
+            logits = self.engine(input_ids=input_ids, attention_mask=mask).logits
+            out.append(token_logprobs(logits, input_ids)[0, 1:].tolist())
+        return out
+
+    def named_parameters_gathered(self, dtype: torch.dtype):
+        """Yield (name, full tensor) one parameter at a time. Under ZeRO-3 every rank
+        must iterate (each gather is a collective); only one parameter is whole at once."""
+        import deepspeed
+
+        zero3 = self.cfg.learner.zero_stage == 3
+        for name, param in self.engine.module.named_parameters():
+            context = (
+                deepspeed.zero.GatheredParameters([param], modifier_rank=None)
+                if zero3
+                else nullcontext()
+            )
+            with context:
+                if self.rank == 0:
+                    yield name, param.detach().to(dtype=dtype, device="cpu", copy=True)
+
+    def send_weights(self, version: int) -> WeightHandle | None:
+        """Publish the current weights (in the rollout dtype). Returns the handle on rank 0."""
+        dtype = _TORCH_DTYPES[self.cfg.rollout.dtype]
+        tensors = self.named_parameters_gathered(dtype)
+        if self.rank != 0:
+            for _ in tensors:  # take part in ZeRO-3 gathers
+                pass
+            return None
+        return self.transport.send(tensors, version)
+
+    def save_pretrained(self, path: str) -> None:
+        """Write an HF folder (weights, config, tokenizer) that transformers and vLLM load."""
+        from transformers import AutoTokenizer
+
+        state = dict(self.named_parameters_gathered(_TORCH_DTYPES[self.cfg.model.dtype]))
+        if self.rank != 0:
+            return
+        module = self.engine.module
+        module.save_pretrained(path, state_dict=state, safe_serialization=True)
+        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
+        generation_config = getattr(module, "generation_config", None)
+        if generation_config is not None:
+            generation_config.save_pretrained(path)
+
+
+def _trim_padding(batch: TraceBatch) -> TraceBatch:
+    """Drop columns that are padding in every row of this micro-batch."""
+    longest = int(batch.attention_mask.sum(-1).max())
+    return TraceBatch(
+        batch.input_ids[:, :longest],
+        batch.attention_mask[:, :longest],
+        batch.attempt1_mask[:, :longest],
+        batch.attempt2_mask[:, :longest],
+    )
+
+
+def _to_device(batch: TraceBatch, device: Any) -> TraceBatch:
+    return TraceBatch(*(t.to(device) for t in vars(batch).values()))

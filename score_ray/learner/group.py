@@ -1,0 +1,79 @@
+"""LearnerGroup: the driver's handle on all DeepSpeed ranks, each a Ray actor.
+
+Every method fans one call out to all ranks (they run collectives together)
+and returns rank 0's answer or the ranks' answers combined.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+import torch
+
+from score_ray.algo import TraceBatch
+from score_ray.config import Config
+from score_ray.learner.actor import Learner, LearnerShard
+from score_ray.sync import WeightHandle
+
+
+class LearnerGroup:
+    def __init__(self, cfg: Config, model_path: str) -> None:
+        self.cfg = cfg
+        world = cfg.learner.world_size
+        remote = ray.remote(
+            num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus, max_concurrency=1
+        )(Learner)
+        self.ranks = [remote.remote(cfg, model_path, rank) for rank in range(world)]
+        # Rank 0 chooses the rendezvous address on its own node.
+        master_addr, master_port = ray.get(self.ranks[0].master_address.remote())
+        ray.get([rank.setup.remote(master_addr, master_port) for rank in self.ranks])
+
+    def train_step(
+        self, batch: TraceBatch, advantage1: torch.Tensor, advantage2: torch.Tensor, stage: int
+    ) -> dict[str, float]:
+        """Split the batch into equal contiguous shards, one per rank, and update."""
+        world = len(self.ranks)
+        size = len(batch) // world
+        shards = [
+            LearnerShard(
+                batch.slice(r * size, (r + 1) * size),
+                advantage1[r * size : (r + 1) * size],
+                advantage2[r * size : (r + 1) * size],
+            )
+            for r in range(world)
+        ]
+        calls = [
+            rank.train_step.remote(shard, stage)
+            for rank, shard in zip(self.ranks, shards, strict=True)
+        ]
+        return _combine_rank_stats(ray.get(calls))
+
+    def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:
+        return ray.get([r.sequence_logprobs.remote(token_id_lists) for r in self.ranks])[0]
+
+    def send_weights(self, version: int) -> WeightHandle:
+        handles = ray.get([r.send_weights.remote(version) for r in self.ranks])
+        return handles[0]
+
+    def save_pretrained(self, path: str) -> None:
+        ray.get([r.save_pretrained.remote(path) for r in self.ranks])
+
+    def shutdown(self) -> None:
+        for rank in self.ranks:
+            ray.kill(rank)
+
+
+def _combine_rank_stats(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Average the per-rank means; pool token-level KL sums over ranks."""
+    world = len(results)
+    kl1_tokens = sum(r["kl1_tokens"] for r in results)
+    kl2_tokens = sum(r["kl2_tokens"] for r in results)
+    return {
+        "loss": sum(r["loss"] for r in results) / world,
+        "loss/pg": sum(r["pg_loss"] for r in results) / world,
+        "loss/kl": sum(r["kl_loss"] for r in results) / world,
+        "kl/attempt1": sum(r["kl1_sum"] for r in results) / max(kl1_tokens, 1.0),
+        "kl/attempt2": sum(r["kl2_sum"] for r in results) / max(kl2_tokens, 1.0),
+        "grad_norm": results[0]["grad_norm"],
+    }

@@ -1,0 +1,1 @@
+"""Rollout side: vLLM engines that generate two-attempt traces and receive weights."""

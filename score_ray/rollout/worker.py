@@ -1,0 +1,164 @@
+"""RolloutWorker: a vLLM engine that produces two-attempt self-correction traces.
+
+API (all the driver needs):
+    generate(problems, samples_per_prompt, greedy, seed) -> list[Trace]
+    sequence_logprobs(token_id_lists)                    -> list[list[float]]
+    update_weights(handle)                               -> int (new version)
+    weight_version()                                     -> int
+
+All first attempts are generated in one batch, then every second-attempt
+prompt (x1 + y1 + bridge, spliced as token ids) in a second batch. Every
+trace is tagged with the weight version that produced it; `update_weights`
+only accepts the next version, so a rollout worker can never silently run
+stale or out-of-order weights.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from score_ray.algo.traces import Trace
+from score_ray.config import Config
+from score_ray.prompts import PromptBuilder
+from score_ray.sync import WeightHandle, make_transport
+from score_ray.tasks.base import Problem
+
+
+class StaleWeightsError(RuntimeError):
+    """A weight update arrived out of order."""
+
+
+def rollout_env(cfg: Config) -> dict[str, str]:
+    """Environment for the rollout actor's process, set before vLLM is imported."""
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(cfg.rollout.kv_cache_gib))),
+        "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+    }
+    if cfg.rollout.num_gpus == 0:
+        # One engine per actor: keep the engine core in this process, so weight
+        # updates pass by reference and no extra process competes for the cores.
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return env
+
+
+class RolloutWorker:
+    def __init__(self, cfg: Config, model_path: str, worker_index: int) -> None:
+        for key, value in rollout_env(cfg).items():
+            os.environ.setdefault(key, value)
+        import torch
+        from vllm import LLM
+
+        if cfg.rollout.threads > 0:
+            torch.set_num_threads(cfg.rollout.threads)
+        self.cfg = cfg
+        self.worker_index = worker_index
+        self.llm = LLM(
+            model=model_path,
+            dtype=cfg.rollout.dtype,
+            max_model_len=cfg.model.max_model_len,
+            enforce_eager=cfg.rollout.enforce_eager,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+            seed=cfg.train.seed + worker_index,
+            worker_extension_cls="score_ray.rollout.vllm_extension.WeightReceiverExtension",
+            enable_prefix_caching=True,
+        )
+        self.prompts = PromptBuilder(self.llm.get_tokenizer(), cfg.prompts)
+        self.transport = make_transport("object_store")
+        self._version = 0
+
+    def ready(self) -> bool:
+        return True
+
+    def weight_version(self) -> int:
+        return self._version
+
+    def generate(
+        self, problems: list[Problem], samples_per_prompt: int, greedy: bool, seed: int
+    ) -> list[Trace]:
+        """Two attempts for each (problem, sample): S traces per problem, grouped by problem."""
+        first_prompts = [self.prompts.first_prompt_ids(p.question) for p in problems]
+        first = self._sample(first_prompts, samples_per_prompt, greedy, seed)
+        second_prompts, rows = [], []
+        for problem, prompt_ids, outputs in zip(problems, first_prompts, first, strict=True):
+            for ids, logprobs, text in outputs:
+                bridge = self.prompts.bridge_ids(ids)
+                second_prompts.append(prompt_ids + ids + bridge)
+                rows.append((problem, prompt_ids, ids, logprobs, text, bridge))
+        second = self._sample(second_prompts, 1, greedy, seed + 1)
+        traces = []
+        for (problem, prompt_ids, ids1, lp1, text1, bridge), outputs in zip(
+            rows, second, strict=True
+        ):
+            ids2, lp2, text2 = outputs[0]
+            traces.append(
+                Trace(
+                    problem_uid=problem.uid,
+                    prompt_ids=prompt_ids,
+                    attempt1_ids=ids1,
+                    bridge_ids=bridge,
+                    attempt2_ids=ids2,
+                    attempt1_text=text1,
+                    attempt2_text=text2,
+                    attempt1_logprobs=lp1,
+                    attempt2_logprobs=lp2,
+                    weight_version=self._version,
+                )
+            )
+        return traces
+
+    def _sample(
+        self, prompt_ids: list[list[int]], n: int, greedy: bool, seed: int
+    ) -> list[list[tuple[list[int], list[float], str]]]:
+        """For each prompt, n completions as (token ids, sampled-token log-probs, text)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(
+            n=n,
+            temperature=0.0 if greedy else self.cfg.rollout.temperature,
+            top_p=1.0 if greedy else self.cfg.rollout.top_p,
+            max_tokens=self.cfg.rollout.max_new_tokens,
+            logprobs=0,
+            seed=seed,
+            stop_token_ids=sorted(self.prompts.stop_token_ids),
+        )
+        requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
+        results = self.llm.generate(requests, params, use_tqdm=False)
+        return [[_completion(out) for out in result.outputs] for result in results]
+
+    def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:
+        """log p(token_t | tokens_<t) for t >= 1 of each sequence, under the current weights."""
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        requests = [TokensPrompt(prompt_token_ids=ids) for ids in token_id_lists]
+        results = self.llm.generate(requests, params, use_tqdm=False)
+        out = []
+        for ids, result in zip(token_id_lists, results, strict=True):
+            # prompt_logprobs[0] is None (no context); entry t maps token id -> Logprob
+            out.append([step[ids[t]].logprob for t, step in enumerate(result.prompt_logprobs) if t])
+        return out
+
+    def update_weights(self, handle: WeightHandle) -> int:
+        if handle.version != self._version + 1:
+            raise StaleWeightsError(
+                f"rollout worker {self.worker_index} holds version {self._version}, "
+                f"got version {handle.version}; expected {self._version + 1}"
+            )
+        buckets = self.transport.receive(handle)
+        loaded = self.llm.collective_rpc("score_ray_load_weights", args=(buckets,))
+        if not loaded or loaded[0] != handle.num_tensors:
+            raise RuntimeError(f"weight update loaded {loaded} tensors of {handle.num_tensors}")
+        # Cached prefixes were computed with the old weights.
+        self.llm.reset_prefix_cache()
+        self._version = handle.version
+        return self._version
+
+
+def _completion(output: Any) -> tuple[list[int], list[float], str]:
+    ids = list(output.token_ids)
+    logprobs = [
+        step[token].logprob for step, token in zip(output.logprobs or [], ids, strict=False)
+    ]
+    return ids, logprobs, output.text

@@ -1,0 +1,97 @@
+"""`score-ray train` on conf/tiny.yaml as a user runs it: a subprocess with its own Ray.
+
+The run injects verifier faults (raises and hangs) to show that training goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.integration.conftest import CONF
+
+TIME_FIELDS = ("time/generate", "time/verify", "time/learn", "time/sync")
+REQUIRED = (
+    "stage",
+    "step",
+    "weight_version",
+    "reward/attempt1",
+    "reward/attempt2",
+    "acc/t1",
+    "acc/t2",
+    "kl/attempt1",
+    "kl/attempt2",
+    "loss",
+    "tokens/generated",
+    *TIME_FIELDS,
+)
+
+
+def test_tiny_two_stage_run_with_verifier_faults(tmp_path):
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "score_ray.cli",
+        "train",
+        "--config",
+        str(CONF / "tiny.yaml"),
+        f"output_dir={out}",
+        "verifier.chaos_raise_rate=0.2",
+        "verifier.chaos_hang_rate=0.1",
+        "verifier.timeout_s=3",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "eval" not in r]
+    evals = [r for r in records if "eval" in r]
+    assert [r["stage"] for r in steps] == [1, 1, 2, 2]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["weight_version"] for r in steps] == [1, 2, 3, 4]
+    # each step's traces came from the weights of the step before
+    assert [r["rollout_weight_version"] for r in steps] == [0, 1, 2, 3]
+    for record in steps:
+        missing = [key for key in REQUIRED if key not in record]
+        assert not missing, f"step {record['step']} lacks {missing}"
+        assert all(record[key] >= 0 for key in TIME_FIELDS)
+    faults = sum(r["verify/errors"] + r["verify/timeouts"] for r in steps)
+    assert faults > 0, "fault injection should have hit at least one verification"
+    assert sum(r["verify/timeouts"] for r in steps) > 0
+    assert [e["eval"] for e in evals] == ["base", "final"]
+    assert {"eval/acc_t1", "eval/acc_t2", "eval/delta", "eval/delta_i2c", "eval/delta_c2i"} <= set(
+        evals[-1]
+    )
+
+    assert (out / "config.yaml").is_file()
+    assert "chaos_hang_rate: 0.1" in (out / "config.yaml").read_text()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert "SCoRe" in proc.stderr  # the progress bar
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert model.config.num_hidden_layers == 2
+    assert AutoTokenizer.from_pretrained(out / "final").chat_template
+
+
+def test_bad_config_fails_before_ray_with_key_named(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "score_ray.cli",
+        "train",
+        "--config",
+        str(CONF / "tiny.yaml"),
+        f"output_dir={tmp_path}",
+        "learner.lr=-1",
+        "train.samples_per_prompt=1",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "learner.lr" in proc.stderr and "train.samples_per_prompt" in proc.stderr
+    assert "Started a local Ray" not in proc.stderr

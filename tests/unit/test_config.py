@@ -1,0 +1,113 @@
+"""Config loading: merge order, rejection of unknown keys and invalid values."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from score_ray.config import ConfigError, load_config, save_config
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_defaults_file_and_overrides_merge_in_order(tmp_path):
+    cfg = load_config(CONF / "tiny.yaml", ["learner.lr=3e-4", f"output_dir={tmp_path}"])
+    assert cfg.model.path == "tiny-llama"  # from the file
+    assert cfg.learner.lr == 3e-4  # override beats file
+    assert cfg.algo.alpha == 10.0  # default kept
+    assert cfg.output_dir == str(tmp_path)
+    assert cfg.train.traces_per_step == cfg.train.prompts_per_step * cfg.train.samples_per_prompt
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    load_config(path)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"learner\.lrr"):
+        load_config(None, ["learner.lrr=1"])
+    with pytest.raises(ConfigError, match="bogus"):
+        load_config(None, ["bogus=1"])
+
+
+def test_unknown_key_in_yaml_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  stage1_stepz: 3\n")
+    with pytest.raises(ConfigError, match="stage1_stepz"):
+        load_config(path)
+
+
+def test_ill_typed_value_is_named():
+    with pytest.raises(ConfigError, match=r"learner\.lr"):
+        load_config(None, ["learner.lr=fast"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("learner.lr=-1e-5", "learner.lr"),
+        ("algo.alpha=-1", "algo.alpha"),
+        ("algo.beta1=-0.1", "algo.beta1"),
+        ("algo.beta2=-0.1", "algo.beta2"),
+        ("train.samples_per_prompt=1", "train.samples_per_prompt"),
+        ("model.path=/no/such/model", "model.path"),
+        ("model.path=./relative/missing", "model.path"),
+        ("learner.zero_stage=4", "learner.zero_stage"),
+        ("task.source=csv", "task.source"),
+        ("task.path=/no/such.jsonl", "task.path"),
+        ("prompts.attempt1=no placeholder", "prompts.attempt1"),
+        ("rollout.temperature=-1", "rollout.temperature"),
+    ],
+)
+def test_invalid_values_are_rejected_with_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["learner.lr=-1", "algo.alpha=-2"])
+    assert "learner.lr" in str(err.value) and "algo.alpha" in str(err.value)
+
+
+def test_batch_must_split_over_ranks():
+    with pytest.raises(ConfigError, match="split evenly"):
+        load_config(
+            None,
+            [
+                "train.prompts_per_step=3",
+                "train.samples_per_prompt=2",
+                "learner.world_size=2",
+                "learner.micro_batch_size=2",
+            ],
+        )
+
+
+def test_hub_id_and_local_folder_accepted(tmp_path):
+    assert load_config(None, ["model.path=HuggingFaceTB/SmolLM2-135M-Instruct"]).model.path
+    assert load_config(None, [f"model.path={tmp_path}"]).model.path == str(tmp_path)
+
+
+def test_missing_config_file_and_bad_override():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/no/such.yaml")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["learner.lr"])
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(CONF / "tiny.yaml", ["algo.alpha=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["algo"]["alpha"] == 3.0
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_readme_documents_every_config_key():
+    from score_ray.config import markdown_reference
+
+    readme = (CONF.parent / "README.md").read_text()
+    assert markdown_reference() in readme, (
+        "README's config table is stale: paste the output of `python -m score_ray.config`"
+    )
