@@ -1,0 +1,166 @@
+"""Binary rewards: extract the final answer from a completion and check it against a Problem.
+
+The completion is untrusted model output and is treated as hostile: whatever it contains,
+`score_completion` returns 0.0 or 1.0 and never raises for it. It does raise ValueError for
+programming errors (an unknown answer format or task source, a misconfigured dataset), which
+must not be silently turned into zero rewards.
+
+Scoring runs in Ray actor threads, where signal-based timeouts cannot work, so math-verify's
+own timeouts are disabled; the verifier pool enforces a per-item deadline instead. Some inputs
+(e.g. `9^{9^{9^{9}}}` for sympy) spin in C code that no in-thread timeout can interrupt, so that
+deadline must be able to abandon or kill the worker, not just wait.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from score_ray.tasks.base import Problem
+
+ANSWER_FORMATS = ("answer_tag", "boxed")
+MAX_MATH_ANSWER_CHARS = 1_000
+"""Longer extracted math answers score 0 without parsing: no real final answer is that long,
+and sympy parsing time grows steeply with length."""
+MAX_GYM_ANSWER_CHARS = 10_000
+"""reasoning-gym answers can be long (ARC grids, sorted lists), but not unboundedly."""
+
+_OPEN_TAG = re.compile(r"<answer>", re.IGNORECASE)
+_CLOSE_TAG = re.compile(r"</answer>", re.IGNORECASE)
+_BOXED = re.compile(r"\\boxed\s*\{")
+
+
+def extract_answer(text: str, answer_format: str) -> str | None:
+    """The final answer in `text`, stripped, or None if there is none.
+
+    answer_tag: the content after the LAST `<answer>` (case-insensitive), up to the next
+        `</answer>`. A final tag left unclosed at the end of the text is accepted (content runs
+        to the end): generation stopped on the stop string `</answer>` drops the closing tag.
+    boxed: the content of the last complete `\\boxed{...}` (by closing position), with braces
+        balanced; `\\{` and `\\}` are literal braces. An unclosed final `\\boxed{` is ignored.
+    Runs in linear time, so adversarially long completions cannot stall it.
+    """
+    if answer_format == "answer_tag":
+        answer = _extract_answer_tag(text)
+    elif answer_format == "boxed":
+        answer = _extract_boxed(text)
+    else:
+        raise ValueError(
+            f"prompts.answer_format: must be one of {list(ANSWER_FORMATS)}, got {answer_format!r}"
+        )
+    if answer is None:
+        return None
+    answer = answer.strip()
+    return answer or None
+
+
+def _extract_answer_tag(text: str) -> str | None:
+    last_open = None
+    for last_open in _OPEN_TAG.finditer(text):  # noqa: B007 - we want the last match
+        pass
+    if last_open is None:
+        return None
+    close = _CLOSE_TAG.search(text, last_open.end())
+    return text[last_open.end() : close.start() if close else len(text)]
+
+
+def _extract_boxed(text: str) -> str | None:
+    # One left-to-right pass with a stack of open braces: `True` marks a `\boxed{` brace.
+    boxed_opens = {match.end() - 1 for match in _BOXED.finditer(text)}
+    stack: list[tuple[int, bool]] = []
+    best: tuple[int, int] | None = None  # (start, end) of the content closed last
+    index, length = 0, len(text)
+    while index < length:
+        char = text[index]
+        if char == "\\":
+            index += 2  # an escaped character, e.g. \{ or \}, is never structural
+            continue
+        if char == "{":
+            stack.append((index, index in boxed_opens))
+        elif char == "}" and stack:
+            start, is_boxed = stack.pop()
+            if is_boxed:
+                best = (start + 1, index)
+        index += 1
+    return None if best is None else text[best[0] : best[1]]
+
+
+def score_completion(problem: Problem, completion: str, answer_format: str) -> float:
+    """1.0 if the completion's final answer is correct for `problem`, else 0.0."""
+    answer = extract_answer(completion, answer_format)
+    source = problem.meta.get("source")
+    if source == "reasoning_gym":
+        return _score_reasoning_gym(problem, answer)
+    if source == "math_jsonl":
+        return _score_math(problem.answer, answer)
+    raise ValueError(f"problem {problem.uid}: unknown task source {source!r} in meta")
+
+
+def _score_reasoning_gym(problem: Problem, answer: str | None) -> float:
+    """reasoning-gym's own scorer for the dataset, made binary (as in the paper)."""
+    # Our own metadata: errors here are bugs or a bad config, so let them raise.
+    from score_ray.tasks.reasoning_gym_source import decode_entry
+
+    meta = problem.meta
+    score_answer = _gym_scorer(meta["dataset"], json.dumps(meta.get("params", {}), sort_keys=True))
+    entry = decode_entry(meta["entry"])
+    if answer is None or len(answer) > MAX_GYM_ANSWER_CHARS:
+        return 0.0
+    try:
+        score = float(score_answer(answer, entry))
+    except Exception:  # hostile answer broke the dataset's parser: wrong, not a crash
+        return 0.0
+    return 1.0 if score >= 1.0 else 0.0
+
+
+@lru_cache(maxsize=64)
+def _gym_scorer(name: str, params_json: str) -> Callable[[str, dict[str, Any]], float]:
+    """The dataset's `score_answer`, built with the same params as the problems (some scorers
+    read their config), cached per dataset and params."""
+    from score_ray.tasks.reasoning_gym_source import create_dataset, decode_entry
+
+    params = decode_entry(json.loads(params_json))
+    return create_dataset(name, params).score_answer
+
+
+def _score_math(gold: str, answer: str | None) -> float:
+    """math-verify equivalence of the extracted answer and the gold answer."""
+    if answer is None or len(answer) > MAX_MATH_ANSWER_CHARS:
+        return 0.0
+    try:
+        gold_parsed = list(_parse_gold(gold))
+        predicted = _parse_math(answer)
+        if not gold_parsed or not predicted:
+            return 0.0
+        return 1.0 if _math_verify().verify(gold_parsed, predicted, timeout_seconds=None) else 0.0
+    except Exception:  # sympy / latex2sympy can raise anything on odd input
+        return 0.0
+
+
+@lru_cache(maxsize=4096)
+def _parse_gold(gold: str) -> tuple[Any, ...]:
+    """Gold answers repeat across samples and steps: parse each once (sympy objects are
+    immutable, so sharing them is safe)."""
+    return tuple(_parse_math(gold))
+
+
+def _parse_math(expression: str) -> list[Any]:
+    # Wrapped in \boxed{} so math-verify's LaTeX extractor takes the whole string as the
+    # answer (bare "1/2" and "\frac{1}{2}" both parse); parsing_timeout=None disables its
+    # SIGALRM timeout, which raises outside the main thread.
+    return _math_verify().parse("\\boxed{" + expression + "}", parsing_timeout=None)
+
+
+@lru_cache(maxsize=1)
+def _math_verify() -> Any:
+    """math_verify, imported on first use (it pulls in sympy; import is slow)."""
+    import logging
+
+    import math_verify
+
+    # With timeouts off, math-verify logs a warning on first use; we enforce our own deadline.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    return math_verify
