@@ -30,6 +30,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	rm -rf runs/demo
 	$(VENV)/bin/score-ray train --config conf/tiny.yaml output_dir=runs/demo
 
 test: $(STAMP)

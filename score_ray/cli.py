@@ -1,6 +1,8 @@
-"""Command line: `score-ray train | prepare-model`.
+"""Command line: `score-ray train | eval | prepare-model`.
 
     score-ray train --config conf/tiny.yaml output_dir=/tmp/run learner.lr=1e-5
+    score-ray train --resume /tmp/run          # continue from the newest checkpoint
+    score-ray eval --config conf/default.yaml model.path=RUN_DIR output_dir=DIR [--attempts K]
     score-ray prepare-model [--which smollm2-135m-instruct|tiny-llama]
 
 Config errors, missing files and an empty dataset are reported before Ray
@@ -14,6 +16,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from score_ray.config import (
     EMBEDDED_MODEL,
@@ -22,6 +25,7 @@ from score_ray.config import (
     ConfigError,
     load_config,
 )
+from score_ray.eval_cli import add_parser as add_eval_parser
 
 log = logging.getLogger("score_ray")
 
@@ -30,11 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from score_ray.placement import LayoutError
+
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"score-ray: {err}", file=sys.stderr)
         return 2
+    except LayoutError as err:
+        print(f"score-ray: {err}", file=sys.stderr)
+        return 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="run SCoRe Stage I then Stage II")
     train.add_argument("--config", help="YAML file merged over the defaults")
+    train.add_argument(
+        "--resume",
+        metavar="OUTPUT_DIR",
+        help="continue the run in OUTPUT_DIR from its newest checkpoint, with its config.yaml",
+    )
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.lr=1e-5")
     train.set_defaults(func=_train)
 
@@ -50,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--which", default=EMBEDDED_MODEL, choices=MODEL_ALIASES)
     prepare.add_argument("--cache-dir", default="~/.cache/score-ray")
     prepare.set_defaults(func=_prepare_model)
+
+    add_eval_parser(commands)  # score-ray eval: score_ray/eval_cli.py
     return parser
 
 
@@ -61,17 +77,35 @@ def _prepare_model(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    cfg = _train_config(args)
     model_path, train, held_out = prepare_inputs(cfg)
     init_ray(cfg)
     from score_ray.trainer import Trainer
 
-    final = Trainer(cfg, model_path, train, held_out).run()
+    final = Trainer(cfg, model_path, train, held_out, resume=bool(args.resume)).run()
     print(
         f"done: Acc@t1 {final['acc_t1']:.3f}  Acc@t2 {final['acc_t2']:.3f}  "
         f"Delta {final['delta']:+.3f}  -> {cfg.output_dir}"
     )
     return 0
+
+
+def _train_config(args: argparse.Namespace) -> Config:
+    """A fresh run's config, or a resumed run's saved config (plus overrides)."""
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume uses the run's own config.yaml; drop --config")
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {saved} not found (is {args.resume} a run folder?)")
+        return load_config(saved, [*args.overrides, f"output_dir={args.resume}"])
+    cfg = load_config(args.config, args.overrides)
+    if (Path(cfg.output_dir) / "metrics.jsonl").exists():
+        raise ConfigError(
+            f"output_dir: {cfg.output_dir} already holds a run; continue it with "
+            f"`score-ray train --resume {cfg.output_dir}` or choose another output_dir"
+        )
+    return cfg
 
 
 def prepare_inputs(cfg: Config):

@@ -28,8 +28,9 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct from the llm-s
 TINY_MODEL = "tiny-llama"  # random-weight 2-layer Llama with SmolLM2's tokenizer (tests)
 MODEL_ALIASES = (EMBEDDED_MODEL, TINY_MODEL)
 
-TASK_SOURCES = ("reasoning_gym", "math_jsonl")
-ANSWER_FORMATS = ("answer_tag", "boxed")
+TASK_SOURCES = ("reasoning_gym", "math_jsonl", "humaneval", "mbpp_jsonl")
+CODE_TASK_SOURCES = ("humaneval", "mbpp_jsonl")  # answered with code, scored in the sandbox
+ANSWER_FORMATS = ("answer_tag", "boxed", "code")
 DTYPES = ("float32", "bfloat16", "float16")
 KL_ESTIMATORS = ("k1", "k3")
 ZERO_STAGES = (0, 1, 2, 3)
@@ -57,15 +58,17 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     source: str = "reasoning_gym"
-    """reasoning_gym (any dataset by name) or math_jsonl (rows with `problem`, `answer`)."""
+    """reasoning_gym (any dataset by name), math_jsonl (rows with `problem`, `answer`), humaneval
+    (the 164 bundled problems) or mbpp_jsonl (rows with `text`, `test_list`)."""
     name: str = "basic_arithmetic"
     """reasoning-gym dataset name (source=reasoning_gym)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the reasoning-gym dataset (e.g. min_terms, max_digits)."""
     path: str | None = None
-    """Training jsonl (source=math_jsonl)."""
+    """Training jsonl (source=math_jsonl or mbpp_jsonl)."""
     eval_path: str | None = None
-    """Held-out jsonl (source=math_jsonl). If unset, `eval_size` rows of `path` are held out."""
+    """Held-out jsonl (math_jsonl, mbpp_jsonl). If unset, `eval_size` rows of `path` are held
+    out."""
     train_size: int = 2000
     """Number of training problems (reasoning_gym: generated; jsonl: at most this many)."""
     eval_size: int = 200
@@ -91,7 +94,8 @@ class PromptConfig:
     """Self-correction instruction sent as the second user turn. It must never reveal
     whether attempt 1 was right (paper, Section 3 / Appendix)."""
     answer_format: str = "answer_tag"
-    """Final-answer extraction: answer_tag (<answer>..</answer>) or boxed (\\boxed{..})."""
+    """Final-answer extraction: answer_tag (<answer>..</answer>), boxed (\\boxed{..}) or code (the
+    last fenced python block; required by, and only valid for, code tasks)."""
 
 
 @dataclass
@@ -115,7 +119,12 @@ class RolloutConfig:
     num_cpus: float = 1.0
     """Ray CPUs reserved per rollout actor."""
     num_gpus: float = 0.0
-    """Ray GPUs per rollout actor (0: CPU engine)."""
+    """Ray GPUs per tensor-parallel rank of a rollout actor (0: CPU engine)."""
+    tensor_parallel_size: int = 1
+    """vLLM tensor parallelism inside one rollout actor (it reserves num_gpus * this)."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources per rollout actor, e.g. {rollout_node: 1} to pin rollout to the
+    nodes that advertise that resource."""
     threads: int = 0
     """Torch threads for the engine (0: all cores of the node)."""
 
@@ -132,6 +141,10 @@ class VerifierConfig:
     """Fault injection for resilience tests: share of items whose verification raises."""
     chaos_hang_rate: float = 0.0
     """Fault injection for resilience tests: share of items whose verification hangs."""
+    sandbox_timeout_s: float = 5.0
+    """Code tasks: wall-clock (and CPU-second) limit per program; below `timeout_s`."""
+    sandbox_memory_mb: int = 512
+    """Code tasks: address-space limit per program, in MiB."""
 
 
 @dataclass
@@ -158,6 +171,8 @@ class LearnerConfig:
     """Ray CPUs per learner rank."""
     num_gpus: float = 0.0
     """Ray GPUs per learner rank (0: CPU, gloo)."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Extra Ray resources per learner rank (pinning, as rollout.resources)."""
     threads: int = 0
     """Torch threads per rank (0: cores of the node divided by the local world size)."""
 
@@ -190,6 +205,11 @@ class TrainConfig:
     """Greedy held-out evaluation every N steps (0: only before and after training)."""
     eval_max_problems: int = 0
     """Cap on evaluation problems per periodic eval (0: the whole held-out split)."""
+    checkpoint_every: int = 10
+    """Write a checkpoint every N steps (0: only on SIGTERM/SIGINT). A dead learner rank
+    rolls the run back to the newest one."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep on disk."""
     seed: int = 0
     """Seed for problem order, sampling and initialisation."""
 
@@ -212,6 +232,8 @@ class Config:
     """Where config.yaml, metrics.jsonl, TensorBoard events and final/ are written."""
     ray_address: str | None = None
     """Ray cluster to join (None: RAY_ADDRESS if set, else start a local instance)."""
+    placement_timeout_s: float = 60.0
+    """How long to wait for the cluster to reserve the actors' resources before failing."""
 
 
 def load_config(config_path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
@@ -284,6 +306,8 @@ def validate(cfg: Config) -> None:
     need(cfg.train.stage2_steps >= 0, "train.stage2_steps", "must be >= 0")
     need(cfg.train.eval_every >= 0, "train.eval_every", "must be >= 0")
     need(cfg.train.eval_max_problems >= 0, "train.eval_max_problems", "must be >= 0")
+    need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+    need(cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     per_update = cfg.learner.world_size * cfg.learner.micro_batch_size
     need(
         cfg.train.traces_per_step % per_update == 0,
@@ -295,6 +319,14 @@ def validate(cfg: Config) -> None:
     choice(cfg.rollout.dtype, "rollout.dtype", DTYPES)
     need(cfg.model.max_model_len >= 64, "model.max_model_len", "must be >= 64")
     need(cfg.rollout.num_workers >= 1, "rollout.num_workers", "must be >= 1")
+    need(cfg.rollout.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
+    for role in ("rollout", "learner"):
+        section = getattr(cfg, role)
+        need(section.num_cpus >= 0, f"{role}.num_cpus", "must be >= 0")
+        need(section.num_gpus >= 0, f"{role}.num_gpus", "must be >= 0")
+        for name, amount in section.resources.items():
+            need(amount > 0, f"{role}.resources.{name}", "must be > 0")
+    need(cfg.placement_timeout_s > 0, "placement_timeout_s", "must be > 0")
     need(cfg.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
     need(0 < cfg.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
     need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
@@ -308,16 +340,32 @@ def validate(cfg: Config) -> None:
     for name in ("chaos_raise_rate", "chaos_hang_rate"):
         value = getattr(cfg.verifier, name)
         need(0 <= value <= 1, f"verifier.{name}", "must be in [0, 1]")
+    need(cfg.verifier.sandbox_timeout_s > 0, "verifier.sandbox_timeout_s", "must be > 0")
+    if cfg.task.source in CODE_TASK_SOURCES:
+        need(
+            cfg.verifier.sandbox_timeout_s < cfg.verifier.timeout_s,
+            "verifier.sandbox_timeout_s",
+            "must be below verifier.timeout_s for code tasks (else the pool kills the verifier "
+            "while its program runs)",
+        )
+    need(cfg.verifier.sandbox_memory_mb >= 64, "verifier.sandbox_memory_mb", "must be >= 64")
     choice(cfg.task.source, "task.source", TASK_SOURCES)
     need(cfg.task.train_size >= 1, "task.train_size", "must be >= 1")
     need(cfg.task.eval_size >= 1, "task.eval_size", "must be >= 1")
-    if cfg.task.source == "math_jsonl":
-        need(cfg.task.path is not None, "task.path", "required when task.source=math_jsonl")
+    if cfg.task.source in ("math_jsonl", "mbpp_jsonl"):
+        why = f"required when task.source={cfg.task.source}"
+        need(cfg.task.path is not None, "task.path", why)
     for key in ("path", "eval_path"):
         value = getattr(cfg.task, key)
         if value is not None:
             need(Path(value).expanduser().is_file(), f"task.{key}", f"file not found: {value}")
     choice(cfg.prompts.answer_format, "prompts.answer_format", ANSWER_FORMATS)
+    is_code = cfg.task.source in CODE_TASK_SOURCES
+    need(
+        is_code == (cfg.prompts.answer_format == "code"),
+        "prompts.answer_format",
+        f"must be 'code' exactly when task.source is one of {list(CODE_TASK_SOURCES)}",
+    )
     need("{question}" in cfg.prompts.attempt1, "prompts.attempt1", "must contain {question}")
     need(bool(cfg.prompts.correction.strip()), "prompts.correction", "must not be empty")
     model_problem = _check_model_path(cfg.model.path)

@@ -7,25 +7,36 @@ Each step reads top to bottom:
 Heavy work happens in actors (RolloutGroup, VerifierPool, LearnerGroup); the
 driver moves traces, rewards and weight handles between them and does the
 cheap math of `score_ray.algo` itself.
+
+Fault tolerance: a checkpoint is written every `train.checkpoint_every` steps
+and when SIGTERM/SIGINT arrives (at the end of the step in flight). A dead
+rollout worker or verifier is replaced inside its group; a dead learner rank
+rolls the whole run back to the newest checkpoint. `Trainer(..., resume=True)`
+continues a run from its newest checkpoint, across the Stage I -> II boundary.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from score_ray.algo import attempt_rewards, collate_traces, rloo_advantages
 from score_ray.algo.traces import Trace
+from score_ray.checkpoint import latest_checkpoint, read_driver_state, write_checkpoint
 from score_ray.config import Config, save_config
 from score_ray.evaluate import self_correction_metrics
-from score_ray.learner.group import LearnerGroup
+from score_ray.learner.group import LearnerFailure, LearnerGroup
 from score_ray.metrics import MetricsLogger
+from score_ray.placement import Placement, reserve
 from score_ray.prompts import PromptBuilder
 from score_ray.rollout.group import RolloutGroup
 from score_ray.tasks.base import Problem
@@ -40,19 +51,35 @@ class Actors:
     verifiers: VerifierPool
     learner: LearnerGroup
 
+    placement: Placement
+
     def shutdown(self) -> None:
         self.rollout.shutdown()
         self.verifiers.shutdown()
         self.learner.shutdown()
+        self.placement.remove()
+
+
+class Interrupted(SystemExit):
+    """SIGTERM/SIGINT: a checkpoint was written, the run can be resumed."""
 
 
 class ProblemSampler:
-    """Endless shuffled passes over the training problems (seeded)."""
+    """Endless shuffled passes over the training problems (seeded, checkpointable)."""
 
     def __init__(self, problems: list[Problem], seed: int) -> None:
         self.problems = problems
         self.rng = random.Random(seed)
         self.order: list[int] = []
+
+    def state(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "order": list(self.order)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order = list(state["order"])
 
     def next_batch(self, size: int) -> list[Problem]:
         batch = []
@@ -65,44 +92,161 @@ class ProblemSampler:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, model_path: str, train: list[Problem], held_out: list[Problem]):
+    def __init__(
+        self,
+        cfg: Config,
+        model_path: str,
+        train: list[Problem],
+        held_out: list[Problem],
+        resume: bool = False,
+    ):
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir)
         self.held_out = held_out
         self.sampler = ProblemSampler(train, cfg.train.seed)
         self.problems = {p.uid: p for p in [*train, *held_out]}
         self.model_path = model_path
+        self.schedule = [1] * cfg.train.stage1_steps + [2] * cfg.train.stage2_steps
         self.version = 0
         self.global_step = 0
-        self.metrics = MetricsLogger(self.output_dir)
+        self.learner_restarts = 0
+        self.stop_signal: int | None = None
+        # Fails in seconds, naming what is missing, if the cluster cannot hold the layout.
+        placement = reserve(cfg, cfg.placement_timeout_s)
         self.actors = Actors(
-            rollout=RolloutGroup(cfg, model_path),
-            verifiers=VerifierPool(cfg.verifier, cfg.prompts.answer_format),
-            learner=LearnerGroup(cfg, model_path),
+            rollout=RolloutGroup(cfg, model_path, placement),
+            verifiers=VerifierPool(cfg.verifier, cfg.prompts.answer_format, placement),
+            learner=LearnerGroup(cfg, model_path, placement),
+            placement=placement,
         )
         self.pad_id = _pad_id(model_path)
+        checkpoint = latest_checkpoint(self.output_dir) if resume else None
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        # Resuming without a checkpoint restarts from scratch in the same folder.
+        self.metrics = MetricsLogger(
+            self.output_dir, resume_step=self.global_step if resume else None
+        )
+        if resume and checkpoint is None:
+            self.metrics.truncate_after(-1)
 
     def run(self) -> dict[str, float]:
         cfg = self.cfg
         save_config(cfg, self.output_dir / "config.yaml")
-        schedule = [1] * cfg.train.stage1_steps + [2] * cfg.train.stage2_steps
-        self.evaluate(tag="base")
-        with tqdm(total=len(schedule), desc="SCoRe", unit="step", dynamic_ncols=True) as bar:
-            for stage in schedule:
-                record = self.step(stage)
-                bar.set_postfix(
-                    stage=stage,
-                    r1=f"{record['reward/attempt1']:.2f}",
-                    r2=f"{record['reward/attempt2']:.2f}",
-                    loss=f"{record['loss']:.3f}",
-                )
-                bar.update()
-                if cfg.train.eval_every and self.global_step % cfg.train.eval_every == 0:
-                    self.evaluate(tag="periodic")
+        if self.global_step == 0:
+            self.evaluate(tag="base")
+        bar = tqdm(
+            total=len(self.schedule),
+            initial=self.global_step,
+            desc="SCoRe",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        with bar, self._checkpoint_on_signals():
+            while self.global_step < len(self.schedule):
+                stage = self.schedule[self.global_step]
+                try:
+                    record = self.step(stage)
+                    bar.set_postfix(
+                        stage=stage,
+                        r1=f"{record['reward/attempt1']:.2f}",
+                        r2=f"{record['reward/attempt2']:.2f}",
+                        loss=f"{record['loss']:.3f}",
+                    )
+                    bar.update()
+                    self._after_step()
+                except LearnerFailure as failure:
+                    self.recover_learner(failure)
+                    bar.n = self.global_step
+                    bar.refresh()
         final = self.evaluate(tag="final")
         self.actors.learner.save_pretrained(str(self.output_dir / "final"))
         self.metrics.close()
         return final
+
+    def _after_step(self) -> None:
+        """Periodic checkpoint, checkpoint-and-exit on a signal, periodic evaluation."""
+        cfg = self.cfg
+        every = cfg.train.checkpoint_every
+        if self.stop_signal is not None:
+            self.save_checkpoint()
+            name = signal.Signals(self.stop_signal).name
+            tqdm.write(
+                f"{name}: checkpoint written at step {self.global_step}; continue with "
+                f"`score-ray train --resume {self.output_dir}`"
+            )
+            raise Interrupted(128 + self.stop_signal)
+        if every and self.global_step % every == 0 and self.global_step < len(self.schedule):
+            self.save_checkpoint()
+        if cfg.train.eval_every and self.global_step % cfg.train.eval_every == 0:
+            self.evaluate(tag="periodic")
+
+    @contextmanager
+    def _checkpoint_on_signals(self):
+        """SIGTERM/SIGINT ask for a checkpoint at the end of the step in flight; a
+        second signal stops at once."""
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            tqdm.write(f"{signal.Signals(signum).name}: finishing the step, then checkpointing")
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def driver_state(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step,
+            "stage": self.schedule[self.global_step - 1] if self.global_step else 0,
+            "weight_version": self.version,
+            "sampler": self.sampler.state(),
+            "torch_rng": torch.get_rng_state().tolist(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        return write_checkpoint(
+            self.output_dir,
+            self.global_step,
+            self.driver_state(),
+            self.actors.learner.save_checkpoint,
+            keep=self.cfg.train.keep_checkpoints,
+        )
+
+    def restore(self, checkpoint: Path) -> None:
+        """Load learner and driver state from `checkpoint` and push its weights."""
+        state = read_driver_state(checkpoint)
+        self.actors.learner.load_checkpoint(str(checkpoint / "learner"))
+        self.global_step = state["global_step"]
+        self.sampler.load_state(state["sampler"])
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        # Rollout workers only accept newer versions; if they already ran weights
+        # newer than the checkpoint (learner failure), continue above those.
+        held = max(self.actors.rollout.weight_versions())
+        self.version = state["weight_version"] if held < state["weight_version"] else held + 1
+        self.actors.rollout.update_weights(self.actors.learner.send_weights(self.version))
+        log.info(
+            "restored %s (step %d, weight version %d)", checkpoint, self.global_step, self.version
+        )
+
+    def recover_learner(self, failure: LearnerFailure) -> None:
+        """Rebuild the learner group and roll the run back to the newest checkpoint."""
+        log.warning("%s; rebuilding the learner group from the newest checkpoint", failure)
+        self.learner_restarts += 1
+        self.actors.learner.shutdown()
+        self.actors.learner = LearnerGroup(self.cfg, self.model_path, self.actors.placement)
+        checkpoint = latest_checkpoint(self.output_dir)
+        if checkpoint is None:
+            raise RuntimeError(
+                "a learner rank died before the first checkpoint; set train.checkpoint_every"
+            ) from failure
+        self.restore(checkpoint)
+        self.metrics.close()
+        self.metrics = MetricsLogger(self.output_dir, resume_step=self.global_step)
 
     def step(self, stage: int) -> dict:
         """One SCoRe update."""
@@ -157,6 +301,9 @@ class Trainer:
             "sync/bytes": handle.num_bytes,
             **learn_stats,
             **verify_stats.as_metrics(),
+            "restarts/rollout": self.actors.rollout.restarts,
+            "restarts/verifier": self.actors.verifiers.restarts,
+            "restarts/learner": self.learner_restarts,
             **timings,
         }
         self.metrics.log(record, self.global_step)

@@ -4,6 +4,7 @@ API (called on every rank of the group at once; see `LearnerGroup`):
     setup()                             -> None   join the process group, build engine
     train_step(shard, stage)            -> dict   one policy update on this rank's shard
     sequence_logprobs(token_id_lists)   -> list   current-policy log-probs
+    save_checkpoint(dir) / load_checkpoint(dir)   DeepSpeed state of every rank
     send_weights(version)               -> WeightHandle | None  (rank 0 returns it)
     save_pretrained(path)               -> None   HF folder that transformers and vLLM load
 
@@ -109,6 +110,11 @@ class Learner:
         self.reference = reference.to(self.engine.device).eval().requires_grad_(False)
         self.transport = make_transport("object_store")
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def master_address(self) -> tuple[str, int]:
         """Rank 0 only: an address and free port for the process group."""
         import socket
@@ -201,6 +207,15 @@ class Learner:
                 pass
             return None
         return self.transport.send(tensors, version)
+
+    def save_checkpoint(self, directory: str) -> None:
+        """Model, optimizer and scheduler state of this rank (collective: all ranks)."""
+        self.engine.save_checkpoint(directory, tag="learner")
+
+    def load_checkpoint(self, directory: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag="learner")
+        if path is None:
+            raise FileNotFoundError(f"no learner checkpoint in {directory}")
 
     def save_pretrained(self, path: str) -> None:
         """Write an HF folder (weights, config, tokenizer) that transformers and vLLM load."""

@@ -1,7 +1,9 @@
 """LearnerGroup: the driver's handle on all DeepSpeed ranks, each a Ray actor.
 
 Every method fans one call out to all ranks (they run collectives together)
-and returns rank 0's answer or the ranks' answers combined.
+and returns rank 0's answer or the ranks' answers combined. If any rank dies,
+the call raises `LearnerFailure`: the surviving ranks' process group is broken
+too, so the only recovery is a new group restored from a checkpoint.
 """
 
 from __future__ import annotations
@@ -10,24 +12,43 @@ from typing import Any
 
 import ray
 import torch
+from ray.exceptions import RayActorError
 
 from score_ray.algo import TraceBatch
 from score_ray.config import Config
 from score_ray.learner.actor import Learner, LearnerShard
+from score_ray.placement import Placement
 from score_ray.sync import WeightHandle
 
 
+class LearnerFailure(RuntimeError):
+    """A learner rank died; the group must be rebuilt from a checkpoint."""
+
+
 class LearnerGroup:
-    def __init__(self, cfg: Config, model_path: str) -> None:
+    def __init__(self, cfg: Config, model_path: str, placement: Placement | None = None) -> None:
         self.cfg = cfg
-        world = cfg.learner.world_size
+        placement = placement or Placement({})
         remote = ray.remote(
-            num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus, max_concurrency=1
+            num_cpus=cfg.learner.num_cpus,
+            num_gpus=cfg.learner.num_gpus,
+            resources=cfg.learner.resources or None,
+            max_concurrency=1,
         )(Learner)
-        self.ranks = [remote.remote(cfg, model_path, rank) for rank in range(world)]
+        self.ranks = [
+            remote.options(**placement.options("learner", rank)).remote(cfg, model_path, rank)
+            for rank in range(cfg.learner.world_size)
+        ]
         # Rank 0 chooses the rendezvous address on its own node.
-        master_addr, master_port = ray.get(self.ranks[0].master_address.remote())
-        ray.get([rank.setup.remote(master_addr, master_port) for rank in self.ranks])
+        master_addr, master_port = self._get(self.ranks[0].master_address.remote())
+        self._get([rank.setup.remote(master_addr, master_port) for rank in self.ranks])
+
+    @staticmethod
+    def _get(refs: Any) -> Any:
+        try:
+            return ray.get(refs)
+        except RayActorError as err:
+            raise LearnerFailure(f"a learner rank died: {err}") from err
 
     def train_step(
         self, batch: TraceBatch, advantage1: torch.Tensor, advantage2: torch.Tensor, stage: int
@@ -47,17 +68,25 @@ class LearnerGroup:
             rank.train_step.remote(shard, stage)
             for rank, shard in zip(self.ranks, shards, strict=True)
         ]
-        return _combine_rank_stats(ray.get(calls))
+        return _combine_rank_stats(self._get(calls))
+
+    def node_ids(self) -> list[str]:
+        return self._get([r.node_id.remote() for r in self.ranks])
 
     def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:
-        return ray.get([r.sequence_logprobs.remote(token_id_lists) for r in self.ranks])[0]
+        return self._get([r.sequence_logprobs.remote(token_id_lists) for r in self.ranks])[0]
 
     def send_weights(self, version: int) -> WeightHandle:
-        handles = ray.get([r.send_weights.remote(version) for r in self.ranks])
-        return handles[0]
+        return self._get([r.send_weights.remote(version) for r in self.ranks])[0]
 
     def save_pretrained(self, path: str) -> None:
-        ray.get([r.save_pretrained.remote(path) for r in self.ranks])
+        self._get([r.save_pretrained.remote(path) for r in self.ranks])
+
+    def save_checkpoint(self, directory: str) -> None:
+        self._get([r.save_checkpoint.remote(directory) for r in self.ranks])
+
+    def load_checkpoint(self, directory: str) -> None:
+        self._get([r.load_checkpoint.remote(directory) for r in self.ranks])
 
     def shutdown(self) -> None:
         for rank in self.ranks:

@@ -1,24 +1,44 @@
-"""RolloutGroup: the driver's handle on all RolloutWorker actors (data parallel)."""
+"""RolloutGroup: the driver's handle on all RolloutWorker actors (data parallel).
+
+A worker that dies (node lost, OOM, `ray.kill`) is replaced by a new actor,
+which is given the newest weights before it serves; the call it was serving is
+then retried on it. Replacements are counted in `restarts`.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
 import ray
+from ray.exceptions import RayActorError
 
 from score_ray.algo.traces import Trace
 from score_ray.config import Config
+from score_ray.placement import Placement
 from score_ray.rollout.worker import RolloutWorker, rollout_env
 from score_ray.sync import WeightHandle
 from score_ray.tasks.base import Problem
 
+log = logging.getLogger(__name__)
+
 
 class RolloutGroup:
-    def __init__(self, cfg: Config, model_path: str) -> None:
-        remote = ray.remote(
+    def __init__(self, cfg: Config, model_path: str, placement: Placement | None = None) -> None:
+        self.cfg = cfg
+        self.model_path = model_path
+        self.placement = placement or Placement({})
+        self.remote = ray.remote(
             num_cpus=cfg.rollout.num_cpus,
-            num_gpus=cfg.rollout.num_gpus,
+            num_gpus=cfg.rollout.num_gpus * cfg.rollout.tensor_parallel_size,
+            resources=cfg.rollout.resources or None,
             runtime_env={"env_vars": rollout_env(cfg)},
         )(RolloutWorker)
-        self.workers = [remote.remote(cfg, model_path, i) for i in range(cfg.rollout.num_workers)]
+        self.workers = [self._start(i) for i in range(cfg.rollout.num_workers)]
+        self.latest: WeightHandle | None = None
+        """The newest weights sent; a replacement worker is given them before it serves."""
+        self.restarts = 0
         ray.get([w.ready.remote() for w in self.workers])
 
     def generate(
@@ -26,21 +46,59 @@ class RolloutGroup:
     ) -> list[Trace]:
         """Traces for all problems, S per problem, in problem order."""
         chunks = _split(problems, len(self.workers))
-        refs = [
-            worker.generate.remote(chunk, samples_per_prompt, greedy, seed + index)
-            for index, (worker, chunk) in enumerate(zip(self.workers, chunks, strict=True))
-            if chunk
-        ]
-        return [trace for traces in ray.get(refs) for trace in traces]
+        results = self._on_each(
+            lambda index, worker: worker.generate.remote(
+                chunks[index], samples_per_prompt, greedy, seed + index
+            ),
+            only=[i for i, chunk in enumerate(chunks) if chunk],
+        )
+        return [trace for traces in results for trace in traces]
 
     def update_weights(self, handle: WeightHandle) -> list[int]:
-        return ray.get([w.update_weights.remote(handle) for w in self.workers])
+        versions = self._on_each(lambda _, worker: worker.update_weights.remote(handle))
+        # Set afterwards: a replacement made during this call gets the previous
+        # weights, then this handle through the retried call.
+        self.latest = handle
+        return versions
 
     def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:
-        return ray.get(self.workers[0].sequence_logprobs.remote(token_id_lists))
+        return self._on_each(
+            lambda _, worker: worker.sequence_logprobs.remote(token_id_lists), only=[0]
+        )[0]
+
+    def node_ids(self) -> list[str]:
+        return self._on_each(lambda _, worker: worker.node_id.remote())
 
     def weight_versions(self) -> list[int]:
-        return ray.get([w.weight_version.remote() for w in self.workers])
+        return self._on_each(lambda _, worker: worker.weight_version.remote())
+
+    def _on_each(
+        self, call: Callable[[int, Any], ray.ObjectRef], only: list[int] | None = None
+    ) -> list[Any]:
+        """Run `call(index, worker)` on each chosen worker; replace a dead worker and
+        retry its call once on the replacement."""
+        indices = list(range(len(self.workers))) if only is None else only
+        refs = {index: call(index, self.workers[index]) for index in indices}
+        results = []
+        for index in indices:
+            try:
+                results.append(ray.get(refs[index]))
+            except RayActorError:
+                self._replace(index)
+                results.append(ray.get(call(index, self.workers[index])))
+        return results
+
+    def _start(self, index: int) -> Any:
+        options = self.placement.options("rollout", index)
+        return self.remote.options(**options).remote(self.cfg, self.model_path, index)
+
+    def _replace(self, index: int) -> None:
+        log.warning("rollout worker %d died; starting a replacement", index)
+        self.workers[index] = self._start(index)
+        ray.get(self.workers[index].ready.remote())
+        if self.latest is not None:
+            ray.get(self.workers[index].update_weights.remote(self.latest))
+        self.restarts += 1
 
     def shutdown(self) -> None:
         for worker in self.workers:

@@ -5,12 +5,14 @@ API (all the driver needs):
     sequence_logprobs(token_id_lists)                    -> list[list[float]]
     update_weights(handle)                               -> int (new version)
     weight_version()                                     -> int
+    continue_attempt(prompt_ids, greedy, seed)           -> list[(ids, text)] (K-attempt eval)
 
 All first attempts are generated in one batch, then every second-attempt
 prompt (x1 + y1 + bridge, spliced as token ids) in a second batch. Every
 trace is tagged with the weight version that produced it; `update_weights`
-only accepts the next version, so a rollout worker can never silently run
-stale or out-of-order weights.
+only accepts a version newer than the one it holds, so a rollout worker can
+never silently go back to stale weights or apply a duplicate. (Versions
+usually rise by one; a fresh or replacement worker jumps to the newest.)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def rollout_env(cfg: Config) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
     }
-    if cfg.rollout.num_gpus == 0:
+    if cfg.rollout.num_gpus == 0 and cfg.rollout.tensor_parallel_size == 1:
         # One engine per actor: keep the engine core in this process, so weight
         # updates pass by reference and no extra process competes for the cores.
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -61,6 +63,7 @@ class RolloutWorker:
             enforce_eager=cfg.rollout.enforce_eager,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             seed=cfg.train.seed + worker_index,
+            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
             worker_extension_cls="score_ray.rollout.vllm_extension.WeightReceiverExtension",
             enable_prefix_caching=True,
         )
@@ -70,6 +73,11 @@ class RolloutWorker:
 
     def ready(self) -> bool:
         return True
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def weight_version(self) -> int:
         return self._version
@@ -141,10 +149,10 @@ class RolloutWorker:
         return out
 
     def update_weights(self, handle: WeightHandle) -> int:
-        if handle.version != self._version + 1:
+        if handle.version <= self._version:
             raise StaleWeightsError(
                 f"rollout worker {self.worker_index} holds version {self._version}, "
-                f"got version {handle.version}; expected {self._version + 1}"
+                f"got version {handle.version}; versions must increase"
             )
         buckets = self.transport.receive(handle)
         loaded = self.llm.collective_rpc("score_ray_load_weights", args=(buckets,))
@@ -154,6 +162,15 @@ class RolloutWorker:
         self.llm.reset_prefix_cache()
         self._version = handle.version
         return self._version
+
+    # -- Evaluation with K attempts (`score_ray.evaluate.run_attempts`, `score-ray eval`) --
+
+    def continue_attempt(
+        self, prompt_ids: list[list[int]], greedy: bool, seed: int
+    ) -> list[tuple[list[int], str]]:
+        """One more attempt per token-id prompt (a conversation so far + bridge), in order,
+        as (token ids, text)."""
+        return [(ids, text) for ((ids, _, text),) in self._sample(prompt_ids, 1, greedy, seed)]
 
 
 def _completion(output: Any) -> tuple[list[int], list[float], str]:

@@ -1,9 +1,10 @@
 """Task sources: turn `TaskConfig` into disjoint train / held-out lists of `Problem`.
 
-Every source (reasoning-gym, MATH-style jsonl) produces candidate problems; the helpers here
-dedupe them and build the two splits so that no question text (after normalisation) appears in
-both. The held-out split is always built first, and training excludes its questions: evaluation
-numbers are only meaningful if the model never trained on the evaluated prompts.
+Every source (reasoning-gym, MATH-style jsonl, HumanEval, MBPP-style jsonl) produces candidate
+problems; the helpers here dedupe them and build the two splits so that no question text (after
+normalisation) appears in both. The held-out split is always built first, and training excludes
+its questions: evaluation numbers are only meaningful if the model never trained on the
+evaluated prompts.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def load_task_splits(task: TaskConfig) -> TaskSplits:
         from score_ray.tasks.math_jsonl import load_math_jsonl
 
         return load_math_jsonl(task)
+    if task.source == "humaneval":
+        from score_ray.tasks.code import load_humaneval
+
+        return load_humaneval(task)
+    if task.source == "mbpp_jsonl":
+        from score_ray.tasks.code import load_mbpp_jsonl
+
+        return load_mbpp_jsonl(task)
     raise ValueError(f"task.source: unknown task source {task.source!r}")
 
 

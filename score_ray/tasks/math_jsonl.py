@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +40,25 @@ class JsonlRows:
     """Malformed rows."""
 
 
+RowParser = Callable[[bytes], "Problem | None"]
+"""One raw jsonl line -> a Problem, or None when the row is malformed."""
+
+
 def load_math_jsonl(task: TaskConfig) -> TaskSplits:
-    """Read `task.path` (and `task.eval_path`) into disjoint held-out and training splits."""
+    """MATH-style rows (`problem`, `answer`) from `task.path` / `task.eval_path`."""
+    return load_jsonl_splits(task, "math_jsonl", _parse_row)
+
+
+def load_jsonl_splits(task: TaskConfig, source: str, parse_row: RowParser) -> TaskSplits:
+    """Read `task.path` (and `task.eval_path`) with `parse_row` into disjoint held-out and
+    training splits; without `task.eval_path`, a seeded-hash subset of `task.path` is
+    held out."""
     if task.path is None:
-        raise ValueError("task.path: required when task.source=math_jsonl")
-    train_rows = read_jsonl(task.path, "task.path")
+        raise ValueError(f"task.path: required when task.source={source}")
+    train_rows = read_jsonl(task.path, "task.path", parse_row)
     skipped = train_rows.skipped
     if task.eval_path is not None:
-        eval_rows = read_jsonl(task.eval_path, "task.eval_path")
+        eval_rows = read_jsonl(task.eval_path, "task.eval_path", parse_row)
         skipped += eval_rows.skipped
         eval_key, eval_pool = "task.eval_path", eval_rows.problems
     else:
@@ -62,7 +74,7 @@ def load_math_jsonl(task: TaskConfig) -> TaskSplits:
     require_nonempty(
         splits.train,
         "task.path",
-        f"{skipped} malformed rows skipped; every well-formed question is held out for "
+        f"{skipped} malformed rows skipped; every well-formed row is held out for "
         "evaluation (add rows, lower task.eval_size, or set task.eval_path)",
     )
     return splits
@@ -78,8 +90,10 @@ def holdout_order(problems: list[Problem], seed: int) -> list[Problem]:
     return sorted(problems, key=rank)
 
 
-def read_jsonl(path: str, key: str) -> JsonlRows:
-    """Parse every line of `path`; `key` names the config field in error messages."""
+def read_jsonl(path: str, key: str, parse_row: RowParser | None = None) -> JsonlRows:
+    """Parse every line of `path` with `parse_row` (default: MATH rows); `key` names the
+    config field in error messages."""
+    parse_row = parse_row or _parse_row
     file = Path(path).expanduser()
     if not file.is_file():
         raise ValueError(f"{key}: file not found: {path}")
@@ -89,7 +103,7 @@ def read_jsonl(path: str, key: str) -> JsonlRows:
     for raw in file.read_bytes().split(b"\n"):
         if not raw.strip():
             continue
-        problem = _parse_row(raw)
+        problem = parse_row(raw)
         if problem is None:
             skipped += 1
         else:

@@ -5,9 +5,14 @@ assumes any call can raise, hang or kill its actor:
 
 - a call that raises scores 0 and is counted as an error;
 - a call still running after `verifier.timeout_s` scores 0, is counted as a
-  timeout, and its actor is killed and replaced (a hung thread cannot be
-  stopped any other way); the actor's other in-flight items are re-queued;
-- an actor that dies is replaced and its items are retried once, then score 0.
+  timeout, and its actor is killed and replaced (a hung thread, or a scorer
+  spinning in C code, cannot be stopped any other way);
+- an actor that dies is replaced and its item is retried once, then scores 0.
+
+Each actor scores one item at a time, so a timeout always names the item that
+hung and never costs an innocent item its reward; parallelism comes from
+`verifier.num_workers`. An item's deadline starts when its actor is ready, so
+a replacement's start-up (a new process, scorer imports) is not charged to it.
 
 Nothing here ever stops a training step.
 """
@@ -18,15 +23,15 @@ import hashlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
 from score_ray.config import VerifierConfig
+from score_ray.placement import Placement
 from score_ray.tasks.base import Problem
 
-SLOTS_PER_ACTOR = 4
-"""Concurrent calls per actor (threaded actor): a hung call blocks one slot, not the actor."""
 _POLL_S = 0.05
 _MAX_TRIES = 2
 
@@ -38,20 +43,35 @@ class InjectedFault(RuntimeError):
 class Verifier:
     """Scores one completion against its problem. Runs as a threaded Ray actor."""
 
-    def __init__(self, answer_format: str, chaos_raise_rate: float, chaos_hang_rate: float):
+    def __init__(self, cfg: VerifierConfig, answer_format: str):
+        # The scorers import these lazily (seconds each); import them before `ready`
+        # so that no item's deadline pays for them.
+        import math_verify  # noqa: F401
+        import reasoning_gym  # noqa: F401
+
+        import score_ray.verify.scorers  # noqa: F401
+
+        self.cfg = cfg
         self.answer_format = answer_format
-        self.chaos_raise_rate = chaos_raise_rate
-        self.chaos_hang_rate = chaos_hang_rate
+
+    def ready(self) -> bool:
+        return True
 
     def score(self, problem: Problem, completion: str) -> float:
         from score_ray.verify.scorers import score_completion
 
         draw = _chaos_draw(problem.uid, completion)
-        if draw < self.chaos_raise_rate:
+        if draw < self.cfg.chaos_raise_rate:
             raise InjectedFault(f"injected verifier fault for {problem.uid}")
-        if draw < self.chaos_raise_rate + self.chaos_hang_rate:
+        if draw < self.cfg.chaos_raise_rate + self.cfg.chaos_hang_rate:
             time.sleep(10**9)  # injected hang; the pool's deadline must catch it
-        return score_completion(problem, completion, self.answer_format)
+        return score_completion(
+            problem,
+            completion,
+            self.answer_format,
+            sandbox_timeout_s=self.cfg.sandbox_timeout_s,
+            sandbox_memory_mb=self.cfg.sandbox_memory_mb,
+        )
 
 
 def _chaos_draw(uid: str, completion: str) -> float:
@@ -84,19 +104,36 @@ class _InFlight:
 
 
 @dataclass
+class _Slot:
+    """One verifier actor and what it is doing."""
+
+    actor: Any
+    starting: ray.ObjectRef | None
+    """The actor's `ready` call while it starts; None once it serves."""
+    busy: bool = False
+
+
+@dataclass
 class VerifierPool:
     cfg: VerifierConfig
     answer_format: str
-    actors: list = field(default_factory=list)
+    placement: Placement = field(default_factory=lambda: Placement({}))
+    slots: list[_Slot] = field(default_factory=list)
+    restarts: int = 0
+    """Actors replaced since the pool started (hung or dead)."""
 
     def __post_init__(self) -> None:
-        self.actors = [self._new_actor() for _ in range(self.cfg.num_workers)]
+        self.slots = [self._new_slot(index) for index in range(self.cfg.num_workers)]
 
-    def _new_actor(self):
-        remote = ray.remote(num_cpus=self.cfg.num_cpus, max_concurrency=SLOTS_PER_ACTOR)(Verifier)
-        return remote.remote(
-            self.answer_format, self.cfg.chaos_raise_rate, self.cfg.chaos_hang_rate
-        )
+    @property
+    def actors(self) -> list:
+        return [slot.actor for slot in self.slots]
+
+    def _new_slot(self, index: int) -> _Slot:
+        remote = ray.remote(num_cpus=self.cfg.num_cpus)(Verifier)
+        options = self.placement.options("verifier", index)
+        actor = remote.options(**options).remote(self.cfg, self.answer_format)
+        return _Slot(actor, actor.ready.remote())
 
     def score(self, items: list[tuple[Problem, str]]) -> tuple[list[float], VerifyStats]:
         """Rewards (0 or 1) for each (problem, completion), in order, plus fault counts."""
@@ -105,28 +142,45 @@ class VerifierPool:
         stats = VerifyStats()
         queue: deque[tuple[int, int]] = deque((i, 1) for i in range(len(items)))
         inflight: dict[ray.ObjectRef, _InFlight] = {}
-        busy = [0] * len(self.actors)
         while queue or inflight:
-            self._fill(items, queue, inflight, busy)
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=_POLL_S)
+            self._fill(items, queue, inflight, stats)
+            waiting = list(inflight) + [s.starting for s in self.slots if s.starting is not None]
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=_POLL_S)
             for ref in ready:
-                self._collect(ref, inflight, busy, rewards, queue, stats)
-            self._expire(inflight, busy, queue, stats)
+                if ref in inflight:
+                    self._collect(ref, inflight, rewards, queue, stats)
+            self._expire(inflight, stats)
         stats.seconds = time.perf_counter() - started
         return rewards, stats
 
-    def _fill(self, items, queue, inflight, busy) -> None:
-        for actor_index, actor in enumerate(self.actors):
-            while queue and busy[actor_index] < SLOTS_PER_ACTOR:
+    def _fill(self, items, queue, inflight, stats) -> None:
+        for index, slot in enumerate(self.slots):
+            if slot.starting is not None and not self._started(index, stats):
+                continue
+            if queue and not slot.busy:
                 item, tries = queue.popleft()
                 problem, completion = items[item]
-                ref = actor.score.remote(problem, completion)
-                inflight[ref] = _InFlight(item, actor_index, time.monotonic(), tries)
-                busy[actor_index] += 1
+                ref = slot.actor.score.remote(problem, completion)
+                inflight[ref] = _InFlight(item, index, time.monotonic(), tries)
+                slot.busy = True
 
-    def _collect(self, ref, inflight, busy, rewards, queue, stats) -> None:
+    def _started(self, index: int, stats: VerifyStats) -> bool:
+        """Whether slot `index` finished starting (a failed start is replaced)."""
+        slot = self.slots[index]
+        done, _ = ray.wait([slot.starting], timeout=0)
+        if not done:
+            return False
+        try:
+            ray.get(slot.starting)
+        except RayActorError:
+            self._replace(index, stats)
+            return False
+        slot.starting = None
+        return True
+
+    def _collect(self, ref, inflight, rewards, queue, stats) -> None:
         call = inflight.pop(ref)
-        busy[call.actor] -= 1
+        self.slots[call.actor].busy = False
         try:
             rewards[call.item] = float(ray.get(ref))
         except RayActorError:
@@ -134,32 +188,25 @@ class VerifierPool:
                 queue.append((call.item, call.tries + 1))
             else:
                 stats.errors += 1
-            self._replace(call.actor, inflight, busy, queue, stats)
+            self._replace(call.actor, stats)
         except Exception:
             stats.errors += 1  # the scorer raised: reward stays 0
 
-    def _expire(self, inflight, busy, queue, stats) -> None:
+    def _expire(self, inflight, stats) -> None:
         now = time.monotonic()
         late = [ref for ref, call in inflight.items() if now - call.started > self.cfg.timeout_s]
-        hung_actors = set()
         for ref in late:
             call = inflight.pop(ref)
-            busy[call.actor] -= 1
             stats.timeouts += 1
-            hung_actors.add(call.actor)
-        for actor_index in hung_actors:
-            self._replace(actor_index, inflight, busy, queue, stats)
+            self._replace(call.actor, stats)
 
-    def _replace(self, actor_index, inflight, busy, queue, stats) -> None:
-        """Kill an actor, start a fresh one in its place, re-queue its other items."""
-        ray.kill(self.actors[actor_index], no_restart=True)
-        self.actors[actor_index] = self._new_actor()
+    def _replace(self, index: int, stats: VerifyStats) -> None:
+        """Kill an actor and start a fresh one in its place."""
+        ray.kill(self.slots[index].actor, no_restart=True)
+        self.slots[index] = self._new_slot(index)
         stats.restarts += 1
-        for ref in [r for r, call in inflight.items() if call.actor == actor_index]:
-            call = inflight.pop(ref)
-            queue.appendleft((call.item, call.tries))
-        busy[actor_index] = 0
+        self.restarts += 1
 
     def shutdown(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
+        for slot in self.slots:
+            ray.kill(slot.actor)

@@ -9,19 +9,28 @@ Scoring runs in Ray actor threads, where signal-based timeouts cannot work, so m
 own timeouts are disabled; the verifier pool enforces a per-item deadline instead. Some inputs
 (e.g. `9^{9^{9^{9}}}` for sympy) spin in C code that no in-thread timeout can interrupt, so that
 deadline must be able to abandon or kill the worker, not just wait.
+
+Code tasks (HumanEval, MBPP) are scored by running the extracted program and its tests in the
+sandbox (`score_ray.verify.sandbox`): a separate, unprivileged, resource-limited process with
+no network. This module is only called from the Verifier actors, so model-written code never
+runs in the driver, the learners or the rollout workers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from score_ray.config import VerifierConfig
 from score_ray.tasks.base import Problem
+from score_ray.tasks.code import CODE_SOURCES, build_program
+from score_ray.verify.sandbox import SandboxLimits, run_untrusted
 
-ANSWER_FORMATS = ("answer_tag", "boxed")
+ANSWER_FORMATS = ("answer_tag", "boxed", "code")
 MAX_MATH_ANSWER_CHARS = 1_000
 """Longer extracted math answers score 0 without parsing: no real final answer is that long,
 and sympy parsing time grows steeply with length."""
@@ -31,6 +40,10 @@ MAX_GYM_ANSWER_CHARS = 10_000
 _OPEN_TAG = re.compile(r"<answer>", re.IGNORECASE)
 _CLOSE_TAG = re.compile(r"</answer>", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\s*\{")
+_PYTHON_TAGS = ("python", "py", "python3")
+MAX_CODE_CHARS = 50_000
+"""Longer extracted programs score 0 without running: far beyond any generation budget."""
+_VERIFIER_DEFAULTS = VerifierConfig()
 
 
 def extract_answer(text: str, answer_format: str) -> str | None:
@@ -41,8 +54,11 @@ def extract_answer(text: str, answer_format: str) -> str | None:
         to the end): generation stopped on the stop string `</answer>` drops the closing tag.
     boxed: the content of the last complete `\\boxed{...}` (by closing position), with braces
         balanced; `\\{` and `\\}` are literal braces. An unclosed final `\\boxed{` is ignored.
+    code: the last fenced python block (see `extract_code`), indentation kept, not stripped.
     Runs in linear time, so adversarially long completions cannot stall it.
     """
+    if answer_format == "code":
+        return extract_code(text)
     if answer_format == "answer_tag":
         answer = _extract_answer_tag(text)
     elif answer_format == "boxed":
@@ -88,15 +104,81 @@ def _extract_boxed(text: str) -> str | None:
     return None if best is None else text[best[0] : best[1]]
 
 
-def score_completion(problem: Problem, completion: str, answer_format: str) -> float:
-    """1.0 if the completion's final answer is correct for `problem`, else 0.0."""
-    answer = extract_answer(completion, answer_format)
+def extract_code(text: str) -> str | None:
+    """The code in the last ```python block of `text`, or None.
+
+    A fence is a line starting with ``` (after optional indentation); its first word is the
+    language. The last block tagged python/py/python3 wins; if no block is tagged, the last
+    untagged block; blocks in other languages (```text, ```output) are never code. A final
+    block left unclosed at the end of the text (generation hit its token budget) counts, up
+    to the end. There is no fallback to the whole text: code outside a block is not an
+    answer, just as a number outside <answer> tags is not. Leading and trailing blank lines
+    are dropped; indentation is kept (a HumanEval answer may be just the function body).
+    """
+    tagged: list[str] | None = None
+    untagged: list[str] | None = None
+    current: list[str] | None = None
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if current is not None:
+            if stripped.startswith("```"):
+                current = None
+            else:
+                current.append(line.rstrip("\r"))
+        elif stripped.startswith("```"):
+            words = stripped[3:].split(maxsplit=1)
+            language = words[0].lower() if words else ""
+            current = []
+            if language in _PYTHON_TAGS:
+                tagged = current
+            elif not language:
+                untagged = current
+    lines = tagged if tagged is not None else untagged
+    if lines is None:
+        return None
+    code = "\n".join(lines).strip("\n")
+    return code if code.strip() else None
+
+
+def score_completion(
+    problem: Problem,
+    completion: str,
+    answer_format: str,
+    *,
+    sandbox_timeout_s: float = _VERIFIER_DEFAULTS.sandbox_timeout_s,
+    sandbox_memory_mb: int = _VERIFIER_DEFAULTS.sandbox_memory_mb,
+) -> float:
+    """1.0 if the completion's final answer is correct for `problem`, else 0.0.
+
+    Code problems run in the sandbox with a wall-clock limit of `sandbox_timeout_s` (and as
+    many CPU seconds) and `sandbox_memory_mb` of address space.
+    """
     source = problem.meta.get("source")
+    if source in CODE_SOURCES:
+        return _score_code(problem, completion, answer_format, sandbox_timeout_s, sandbox_memory_mb)
+    answer = extract_answer(completion, answer_format)
     if source == "reasoning_gym":
         return _score_reasoning_gym(problem, answer)
     if source == "math_jsonl":
         return _score_math(problem.answer, answer)
     raise ValueError(f"problem {problem.uid}: unknown task source {source!r} in meta")
+
+
+def _score_code(
+    problem: Problem, completion: str, answer_format: str, timeout_s: float, memory_mb: int
+) -> float:
+    """1.0 only if the extracted program passes every test of the problem in the sandbox."""
+    if answer_format != "code":  # a config bug, not model output: raise
+        raise ValueError(
+            f"prompts.answer_format: {problem.meta.get('source')} problems need 'code', "
+            f"got {answer_format!r}"
+        )
+    code = extract_code(completion)
+    if code is None or len(code) > MAX_CODE_CHARS:
+        return 0.0
+    limits = SandboxLimits(cpu_s=max(1, math.ceil(timeout_s)), memory_mb=memory_mb)
+    result = run_untrusted(build_program(problem, code), timeout_s, limits)
+    return 1.0 if result.passed else 0.0
 
 
 def _score_reasoning_gym(problem: Problem, answer: str | None) -> float:

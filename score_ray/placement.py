@@ -1,0 +1,158 @@
+"""Resource layout: what each actor role needs, whether the cluster can hold it, and
+the placement groups that reserve it.
+
+`layout(cfg)` turns the config into per-role demands (CPUs, GPUs, custom
+resources per actor). `check_fits` compares them with the nodes' capacities and
+fails at once, naming the role and the missing resource, when no node can hold
+an actor or the cluster's totals fall short: Ray would otherwise leave the actor
+pending forever. `reserve` then creates one placement group per role and waits
+for it with a deadline, so a layout the cluster cannot satisfy right now also
+fails in seconds instead of hanging.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from score_ray.config import Config
+
+ROLES = ("rollout", "learner", "verifier")
+
+
+class LayoutError(RuntimeError):
+    """The cluster cannot hold the configured actors."""
+
+
+@dataclass(frozen=True)
+class RoleDemand:
+    role: str
+    count: int
+    bundle: dict[str, float]
+    """Resources of one actor of this role (Ray resource names: CPU, GPU, custom)."""
+    strategy: str = "PACK"
+
+
+def _bundle(cpus: float, gpus: float, custom: dict[str, float]) -> dict[str, float]:
+    bundle = {"CPU": float(cpus)}
+    if gpus:
+        bundle["GPU"] = float(gpus)
+    bundle.update({name: float(amount) for name, amount in custom.items()})
+    return bundle
+
+
+def layout(cfg: Config) -> list[RoleDemand]:
+    """The actors a run starts, by role."""
+    rollout_gpus = cfg.rollout.num_gpus * cfg.rollout.tensor_parallel_size
+    return [
+        RoleDemand(
+            "rollout",
+            cfg.rollout.num_workers,
+            _bundle(cfg.rollout.num_cpus, rollout_gpus, cfg.rollout.resources),
+        ),
+        RoleDemand(
+            "learner",
+            cfg.learner.world_size,
+            _bundle(cfg.learner.num_cpus, cfg.learner.num_gpus, cfg.learner.resources),
+        ),
+        RoleDemand("verifier", cfg.verifier.num_workers, _bundle(cfg.verifier.num_cpus, 0, {})),
+    ]
+
+
+def check_fits(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> None:
+    """Raise LayoutError if an actor fits on no node or the totals fall short."""
+    if not nodes:
+        raise LayoutError("the Ray cluster has no alive nodes")
+    problems = []
+    for demand in demands:
+        if demand.count and not any(_fits(demand.bundle, node) for node in nodes):
+            best = {k: max(node.get(k, 0.0) for node in nodes) for k in demand.bundle}
+            problems.append(
+                f"{demand.role}: one actor needs {demand.bundle}, but no node has that "
+                f"(largest per node: {best})"
+            )
+    needed: Counter[str] = Counter()
+    for demand in demands:
+        for name, amount in demand.bundle.items():
+            needed[name] += amount * demand.count
+    total: Counter[str] = Counter()
+    for node in nodes:
+        total.update(node)
+    for name, amount in sorted(needed.items()):
+        if amount > total.get(name, 0.0) + 1e-9:
+            roles = [d.role for d in demands if d.bundle.get(name) and d.count]
+            problems.append(
+                f"{name}: the layout needs {amount:g} ({', '.join(roles)}), "
+                f"the cluster has {total.get(name, 0.0):g}"
+            )
+    if problems:
+        raise LayoutError("the cluster cannot hold this layout:\n  " + "\n  ".join(problems))
+
+
+def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
+    return all(node.get(name, 0.0) + 1e-9 >= amount for name, amount in bundle.items())
+
+
+def node_capacities() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
+@dataclass
+class Placement:
+    """One placement group per role; `options(role, index)` pins an actor to its bundle."""
+
+    groups: dict[str, Any]
+
+    def options(self, role: str, index: int) -> dict[str, Any]:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = self.groups.get(role)
+        if group is None:
+            return {}
+        return {
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=group, placement_group_bundle_index=index
+            )
+        }
+
+    def remove(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for group in self.groups.values():
+            remove_placement_group(group)
+
+
+def reserve(cfg: Config, timeout_s: float) -> Placement:
+    """Check the layout against the cluster, then reserve it with placement groups."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    demands = layout(cfg)
+    check_fits(demands, node_capacities())
+    groups = {}
+    for demand in demands:
+        if demand.count:
+            groups[demand.role] = placement_group(
+                [dict(demand.bundle) for _ in range(demand.count)], strategy=demand.strategy
+            )
+    pending = [role for role, group in groups.items() if not _ready(group, timeout_s)]
+    if pending:
+        for group in groups.values():
+            remove_placement_group(group)
+        free = ray.available_resources()
+        raise LayoutError(
+            f"could not reserve resources for {pending} within {timeout_s:g}s "
+            f"(free now: {_round(free)}); other jobs may hold them"
+        )
+    return Placement(groups)
+
+
+def _ready(group: Any, timeout_s: float) -> bool:
+    return bool(group.wait(timeout_seconds=timeout_s))
+
+
+def _round(resources: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in resources.items() if not k.startswith("node:")}

@@ -1,0 +1,49 @@
+"""Layout feasibility: fail at once, naming the role and the missing resource."""
+
+import pytest
+
+from score_ray.placement import LayoutError, RoleDemand, check_fits
+
+GPU_NODE = {"CPU": 16.0, "GPU": 4.0, "memory": 1e11}
+CPU_NODE = {"CPU": 8.0, "memory": 1e10}
+
+
+def _demands(rollout_gpus=1.0, rollouts=2, learners=2, learner_gpus=1.0):
+    return [
+        RoleDemand("rollout", rollouts, {"CPU": 1.0, "GPU": rollout_gpus}),
+        RoleDemand("learner", learners, {"CPU": 1.0, "GPU": learner_gpus}),
+        RoleDemand("verifier", 2, {"CPU": 0.25}),
+    ]
+
+
+def test_layout_that_fits_passes():
+    check_fits(_demands(), [GPU_NODE, CPU_NODE])
+
+
+def test_too_few_gpus_in_total_names_the_resource_and_roles():
+    with pytest.raises(LayoutError, match=r"GPU: the layout needs 6 \(rollout, learner\)"):
+        check_fits(_demands(rollouts=4), [GPU_NODE, CPU_NODE])
+
+
+def test_actor_larger_than_any_node_names_the_role():
+    with pytest.raises(LayoutError, match="rollout: one actor needs") as err:
+        check_fits(_demands(rollout_gpus=8.0, rollouts=1), [GPU_NODE, GPU_NODE])
+    assert "largest per node" in str(err.value)
+
+
+def test_gpu_layout_on_cpu_only_cluster():
+    with pytest.raises(LayoutError, match="GPU") as err:
+        check_fits(_demands(), [CPU_NODE])
+    assert "learner" in str(err.value) and "rollout" in str(err.value)
+
+
+def test_custom_resource_pinning():
+    demands = [RoleDemand("rollout", 1, {"CPU": 1.0, "rollout_node": 1.0})]
+    check_fits(demands, [CPU_NODE, {"CPU": 2.0, "rollout_node": 1.0}])
+    with pytest.raises(LayoutError, match="rollout_node"):
+        check_fits(demands, [CPU_NODE])
+
+
+def test_no_nodes():
+    with pytest.raises(LayoutError, match="no alive nodes"):
+        check_fits(_demands(), [])
