@@ -34,6 +34,7 @@ ANSWER_FORMATS = ("answer_tag", "boxed", "code")
 DTYPES = ("float32", "bfloat16", "float16")
 KL_ESTIMATORS = ("k1", "k3")
 ZERO_STAGES = (0, 1, 2, 3)
+SYNC_TRANSPORTS = ("auto", "object_store", "nccl", "cuda_ipc")
 
 # A hub repo id: "org/name", no leading "." or "/" (those are local paths).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -127,6 +128,10 @@ class RolloutConfig:
     nodes that advertise that resource."""
     threads: int = 0
     """Torch threads for the engine (0: all cores of the node)."""
+    colocate_with_learner: bool = False
+    """GPU only: rollout actor i shares learner rank i's GPU (one placement bundle; needs
+    num_workers = learner.world_size, tensor_parallel_size 1, num_gpus + learner.num_gpus <= 1).
+    vLLM sleeps (weights to CPU, KV cache freed) while the learner trains."""
 
 
 @dataclass
@@ -178,6 +183,17 @@ class LearnerConfig:
 
 
 @dataclass
+class SyncConfig:
+    transport: str = "auto"
+    """How new weights reach the rollout engines: object_store (Ray object store, any cluster),
+    nccl (GPU broadcast from learner rank 0), cuda_ipc (same GPU, colocated) or auto: object_store
+    if either side has no GPU, cuda_ipc if colocated, else nccl."""
+    bucket_mb: int = 64
+    """Weights move in buckets of about this many MiB (object_store, nccl), so no single message
+    holds the whole model."""
+
+
+@dataclass
 class AlgoConfig:
     alpha: float = 10.0
     """Stage II shaping: attempt-2 reward gets alpha * (r2 - r1) (paper Eq. 5)."""
@@ -226,6 +242,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/score"
@@ -327,6 +344,9 @@ def validate(cfg: Config) -> None:
         for name, amount in section.resources.items():
             need(amount > 0, f"{role}.resources.{name}", "must be > 0")
     need(cfg.placement_timeout_s > 0, "placement_timeout_s", "must be > 0")
+    choice(cfg.sync.transport, "sync.transport", SYNC_TRANSPORTS)
+    need(cfg.sync.bucket_mb >= 1, "sync.bucket_mb", "must be >= 1")
+    _check_sync(cfg, need)
     need(cfg.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
     need(0 < cfg.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
     need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
@@ -373,6 +393,43 @@ def validate(cfg: Config) -> None:
         problems.append(f"model.path: {model_problem}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _check_sync(cfg: Config, need: Any) -> None:
+    """GPU transports and colocation need GPUs on both sides (and colocation a 1:1 layout)."""
+    transport, rollout, learner = cfg.sync.transport, cfg.rollout, cfg.learner
+    on_gpus = rollout.num_gpus > 0 and learner.num_gpus > 0
+    no_gpus = "needs GPUs on both sides (rollout.num_gpus > 0 and learner.num_gpus > 0)"
+    need(
+        transport not in ("nccl", "cuda_ipc") or on_gpus, "sync.transport", f"{transport} {no_gpus}"
+    )
+    need(
+        transport != "cuda_ipc" or rollout.colocate_with_learner,
+        "sync.transport",
+        "cuda_ipc shares memory on one GPU: it needs rollout.colocate_with_learner=true",
+    )
+    need(
+        transport != "nccl" or not rollout.colocate_with_learner,
+        "sync.transport",
+        "nccl cannot put two ranks on one GPU; colocated rollout uses cuda_ipc (or auto)",
+    )
+    if not rollout.colocate_with_learner:
+        return
+    key = "rollout.colocate_with_learner"
+    need(on_gpus, key, f"is GPU only: it {no_gpus}")
+    need(
+        rollout.num_workers == learner.world_size,
+        key,
+        f"needs rollout.num_workers ({rollout.num_workers}) == learner.world_size "
+        f"({learner.world_size}): one rollout actor per learner GPU",
+    )
+    need(rollout.tensor_parallel_size == 1, key, "needs rollout.tensor_parallel_size=1")
+    need(
+        rollout.num_gpus + learner.num_gpus <= 1 + 1e-9,
+        key,
+        f"rollout.num_gpus + learner.num_gpus must be <= 1 (they share one GPU, e.g. 0.5 each), "
+        f"got {rollout.num_gpus} + {learner.num_gpus}",
+    )
 
 
 def _check_model_path(path: str) -> str | None:

@@ -7,7 +7,9 @@ fails at once, naming the role and the missing resource, when no node can hold
 an actor or the cluster's totals fall short: Ray would otherwise leave the actor
 pending forever. `reserve` then creates one placement group per role and waits
 for it with a deadline, so a layout the cluster cannot satisfy right now also
-fails in seconds instead of hanging.
+fails in seconds instead of hanging. With `rollout.colocate_with_learner`, rollout
+actor i and learner rank i share bundle i of one group ("rollout+learner"): one
+GPU, their fractional GPU requests adding up to at most 1.
 """
 
 from __future__ import annotations
@@ -45,19 +47,18 @@ def _bundle(cpus: float, gpus: float, custom: dict[str, float]) -> dict[str, flo
 def layout(cfg: Config) -> list[RoleDemand]:
     """The actors a run starts, by role."""
     rollout_gpus = cfg.rollout.num_gpus * cfg.rollout.tensor_parallel_size
-    return [
-        RoleDemand(
-            "rollout",
-            cfg.rollout.num_workers,
-            _bundle(cfg.rollout.num_cpus, rollout_gpus, cfg.rollout.resources),
-        ),
-        RoleDemand(
-            "learner",
-            cfg.learner.world_size,
-            _bundle(cfg.learner.num_cpus, cfg.learner.num_gpus, cfg.learner.resources),
-        ),
-        RoleDemand("verifier", cfg.verifier.num_workers, _bundle(cfg.verifier.num_cpus, 0, {})),
-    ]
+    rollout = _bundle(cfg.rollout.num_cpus, rollout_gpus, cfg.rollout.resources)
+    learner = _bundle(cfg.learner.num_cpus, cfg.learner.num_gpus, cfg.learner.resources)
+    if cfg.rollout.colocate_with_learner:
+        shared = Counter(rollout) + Counter(learner)
+        actors = [RoleDemand("rollout+learner", cfg.learner.world_size, dict(shared))]
+    else:
+        actors = [
+            RoleDemand("rollout", cfg.rollout.num_workers, rollout),
+            RoleDemand("learner", cfg.learner.world_size, learner),
+        ]
+    verifier = _bundle(cfg.verifier.num_cpus, 0, {})
+    return [*actors, RoleDemand("verifier", cfg.verifier.num_workers, verifier)]
 
 
 def check_fits(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> None:
@@ -121,27 +122,27 @@ class Placement:
     def remove(self) -> None:
         from ray.util.placement_group import remove_placement_group
 
-        for group in self.groups.values():
+        for group in {id(group): group for group in self.groups.values()}.values():
             remove_placement_group(group)
 
 
 def reserve(cfg: Config, timeout_s: float) -> Placement:
     """Check the layout against the cluster, then reserve it with placement groups."""
     import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.placement_group import placement_group
 
     demands = layout(cfg)
     check_fits(demands, node_capacities())
     groups = {}
     for demand in demands:
         if demand.count:
-            groups[demand.role] = placement_group(
+            group = placement_group(
                 [dict(demand.bundle) for _ in range(demand.count)], strategy=demand.strategy
             )
+            groups.update(dict.fromkeys(demand.role.split("+"), group))
     pending = [role for role, group in groups.items() if not _ready(group, timeout_s)]
     if pending:
-        for group in groups.values():
-            remove_placement_group(group)
+        Placement(groups).remove()
         free = ray.available_resources()
         raise LayoutError(
             f"could not reserve resources for {pending} within {timeout_s:g}s "

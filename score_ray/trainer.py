@@ -39,6 +39,7 @@ from score_ray.metrics import MetricsLogger
 from score_ray.placement import Placement, reserve
 from score_ray.prompts import PromptBuilder
 from score_ray.rollout.group import RolloutGroup
+from score_ray.sync import choose_transport, connect_weight_transport, sync_weights
 from score_ray.tasks.base import Problem
 from score_ray.verify.pool import VerifierPool, VerifyStats
 
@@ -119,16 +120,15 @@ class Trainer:
             learner=LearnerGroup(cfg, model_path, placement),
             placement=placement,
         )
+        connect_weight_transport(self.actors.learner, self.actors.rollout)
         self.pad_id = _pad_id(model_path)
         checkpoint = latest_checkpoint(self.output_dir) if resume else None
         if checkpoint is not None:
             self.restore(checkpoint)
-        # Resuming without a checkpoint restarts from scratch in the same folder.
-        self.metrics = MetricsLogger(
-            self.output_dir, resume_step=self.global_step if resume else None
-        )
-        if resume and checkpoint is None:
-            self.metrics.truncate_after(-1)
+        # A resumed run drops the records written after its checkpoint, or all of them
+        # when the run died before its first checkpoint and starts over.
+        resume_step = (self.global_step if checkpoint else -1) if resume else None
+        self.metrics = MetricsLogger(self.output_dir, resume_step=resume_step)
 
     def run(self) -> dict[str, float]:
         cfg = self.cfg
@@ -228,7 +228,7 @@ class Trainer:
         # newer than the checkpoint (learner failure), continue above those.
         held = max(self.actors.rollout.weight_versions())
         self.version = state["weight_version"] if held < state["weight_version"] else held + 1
-        self.actors.rollout.update_weights(self.actors.learner.send_weights(self.version))
+        sync_weights(self.actors.learner, self.actors.rollout, self.version)
         log.info(
             "restored %s (step %d, weight version %d)", checkpoint, self.global_step, self.version
         )
@@ -238,7 +238,15 @@ class Trainer:
         log.warning("%s; rebuilding the learner group from the newest checkpoint", failure)
         self.learner_restarts += 1
         self.actors.learner.shutdown()
+        if choose_transport(self.cfg) != "object_store":
+            # The engines shared an NCCL group or GPU memory with the dead rank (and may be
+            # stuck in a broadcast): start them afresh, before the learner, as at start-up.
+            self.actors.rollout.shutdown()
+            self.actors.rollout = RolloutGroup(self.cfg, self.model_path, self.actors.placement)
+        elif self.cfg.rollout.colocate_with_learner:
+            self.actors.rollout.wake_up()  # it slept through the failed learn step
         self.actors.learner = LearnerGroup(self.cfg, self.model_path, self.actors.placement)
+        connect_weight_transport(self.actors.learner, self.actors.rollout)
         checkpoint = latest_checkpoint(self.output_dir)
         if checkpoint is None:
             raise RuntimeError(
@@ -277,14 +285,17 @@ class Trainer:
 
         # learn: one policy-gradient step on the learner group
         with _timed(timings, "time/learn"):
+            if cfg.rollout.colocate_with_learner:
+                self.actors.rollout.sleep()  # vLLM gives the shared GPUs to the learner
             batch = collate_traces(traces, self.pad_id)
             learn_stats = self.actors.learner.train_step(batch, advantage1, advantage2, stage)
 
         # sync weights: learner -> every rollout worker
         with _timed(timings, "time/sync"):
+            if cfg.rollout.colocate_with_learner:
+                self.actors.rollout.wake_up()
             self.version += 1
-            handle = self.actors.learner.send_weights(self.version)
-            self.actors.rollout.update_weights(handle)
+            handle = sync_weights(self.actors.learner, self.actors.rollout, self.version)
 
         # log
         timings["time/step"] = time.perf_counter() - started

@@ -6,6 +6,8 @@ API (called on every rank of the group at once; see `LearnerGroup`):
     sequence_logprobs(token_id_lists)   -> list   current-policy log-probs
     save_checkpoint(dir) / load_checkpoint(dir)   DeepSpeed state of every rank
     send_weights(version)               -> WeightHandle | None  (rank 0 returns it)
+    describe_weights(version)           -> WeightHandle   rank 0: names/shapes/dtypes (nccl)
+    init_weight_transport(info) / release_weights()       transport set-up and clean-up
     save_pretrained(path)               -> None   HF folder that transformers and vLLM load
 
 The loss itself is `score_ray.algo.score_loss`; this file only feeds it tensors.
@@ -27,7 +29,17 @@ from score_ray.algo import (
     token_logprobs,
 )
 from score_ray.config import Config
-from score_ray.sync import WeightHandle, make_transport
+from score_ray.sync import (
+    MIB,
+    ParamSpec,
+    WeightHandle,
+    check_specs,
+    choose_transport,
+    make_transport,
+    spec_bytes,
+    update_info,
+    vllm_weight_name,
+)
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -108,7 +120,7 @@ class Learner:
         )
         reference = AutoModelForCausalLM.from_pretrained(self.model_path, torch_dtype=dtype)
         self.reference = reference.to(self.engine.device).eval().requires_grad_(False)
-        self.transport = make_transport("object_store")
+        self.transport = make_transport(choose_transport(self.cfg), self.cfg.sync.bucket_mb * MIB)
 
     def node_id(self) -> str:
         import ray
@@ -182,9 +194,12 @@ class Learner:
             out.append(token_logprobs(logits, input_ids)[0, 1:].tolist())
         return out
 
-    def named_parameters_gathered(self, dtype: torch.dtype):
-        """Yield (name, full tensor) one parameter at a time. Under ZeRO-3 every rank
-        must iterate (each gather is a collective); only one parameter is whole at once."""
+    def named_parameters_gathered(
+        self, dtype: torch.dtype, device: Any = "cpu", every_rank: bool = False
+    ):
+        """Yield (name, full tensor) one parameter at a time, to rank 0 (to every rank with
+        `every_rank`). Under ZeRO-3 every rank must iterate (each gather is a collective);
+        only one parameter is whole at once."""
         import deepspeed
 
         zero3 = self.cfg.learner.zero_stage == 3
@@ -195,18 +210,50 @@ class Learner:
                 else nullcontext()
             )
             with context:
-                if self.rank == 0:
-                    yield name, param.detach().to(dtype=dtype, device="cpu", copy=True)
+                if every_rank or self.rank == 0:
+                    yield name, param.detach().to(dtype=dtype, device=device, copy=True)
+
+    def weight_specs(self) -> list[ParamSpec]:
+        """(vLLM name, full shape, rollout dtype) of every parameter, without gathering
+        (ZeRO-3 keeps the full shape in `ds_shape`)."""
+        dtype = _TORCH_DTYPES[self.cfg.rollout.dtype]
+        return [
+            (vllm_weight_name(name), list(getattr(param, "ds_shape", param.shape)), dtype)
+            for name, param in self.engine.module.named_parameters()
+        ]
+
+    def describe_weights(self, version: int) -> WeightHandle:
+        """What a sync of `version` will send: vLLM's update info, known before the data."""
+        specs = self.weight_specs()
+        return WeightHandle(
+            version, self.transport.name, update_info(specs), spec_bytes(specs), len(specs)
+        )
+
+    def init_weight_transport(self, init_info: dict[str, Any]) -> None:
+        """Rank 0: join the transfer group with the rollout workers (nccl)."""
+        self.transport.connect_sender(init_info)
 
     def send_weights(self, version: int) -> WeightHandle | None:
         """Publish the current weights (in the rollout dtype). Returns the handle on rank 0."""
         dtype = _TORCH_DTYPES[self.cfg.rollout.dtype]
-        tensors = self.named_parameters_gathered(dtype)
-        if self.rank != 0:
+        name = self.transport.name
+        tensors = self.named_parameters_gathered(
+            dtype,
+            device="cpu" if name == "object_store" else self.engine.device,
+            every_rank=name == "cuda_ipc",  # each rank serves the rollout on its GPU
+        )
+        if self.rank != 0 and name != "cuda_ipc":
             for _ in tensors:  # take part in ZeRO-3 gathers
                 pass
             return None
-        return self.transport.send(tensors, version)
+        named = ((vllm_weight_name(key), tensor) for key, tensor in tensors)
+        if name == "nccl":
+            named = check_specs(named, self.weight_specs())
+        return self.transport.send(named, version)
+
+    def release_weights(self) -> None:
+        """After the rollout workers loaded a sync: free what the transport kept (cuda_ipc)."""
+        self.transport.release()
 
     def save_checkpoint(self, directory: str) -> None:
         """Model, optimizer and scheduler state of this rank (collective: all ranks)."""

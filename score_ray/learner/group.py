@@ -79,6 +79,21 @@ class LearnerGroup:
     def send_weights(self, version: int) -> WeightHandle:
         return self._get([r.send_weights.remote(version) for r in self.ranks])[0]
 
+    # Weight-transport plumbing, used by score_ray.sync (connect_weight_transport, sync_weights).
+
+    def weight_sync_address(self) -> tuple[str, int]:
+        """An address and free port on rank 0's node for the transfer group's rendezvous."""
+        return self._get(self.ranks[0].master_address.remote())
+
+    def init_weight_transport(self, init_info: dict[str, Any]) -> None:
+        self._get(self.ranks[0].init_weight_transport.remote(init_info))
+
+    def describe_weights(self, version: int) -> WeightHandle:
+        return self._get(self.ranks[0].describe_weights.remote(version))
+
+    def release_weights(self) -> None:
+        self._get([r.release_weights.remote() for r in self.ranks])
+
     def save_pretrained(self, path: str) -> None:
         self._get([r.save_pretrained.remote(path) for r in self.ranks])
 

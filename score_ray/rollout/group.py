@@ -2,7 +2,9 @@
 
 A worker that dies (node lost, OOM, `ray.kill`) is replaced by a new actor,
 which is given the newest weights before it serves; the call it was serving is
-then retried on it. Replacements are counted in `restarts`.
+then retried on it. Replacements are counted in `restarts`. Only with the
+object_store transport: an NCCL group cannot take in a new member, and a
+colocated worker shares its GPU with a learner rank.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from score_ray.algo.traces import Trace
 from score_ray.config import Config
 from score_ray.placement import Placement
 from score_ray.rollout.worker import RolloutWorker, rollout_env
-from score_ray.sync import WeightHandle
+from score_ray.sync import WeightHandle, choose_transport
 from score_ray.tasks.base import Problem
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,17 @@ class RolloutGroup:
         self.latest = handle
         return versions
 
+    def init_weight_transport(self, init_infos: list[dict[str, Any]]) -> None:
+        """Worker i joins the learner's transfer group with `init_infos[i]` (all at once)."""
+        self._on_each(lambda i, worker: worker.init_weight_transport.remote(init_infos[i]))
+
+    def sleep(self) -> None:
+        """Colocated: free the GPUs for the learner (weights to CPU, KV cache dropped)."""
+        self._on_each(lambda _, worker: worker.sleep.remote())
+
+    def wake_up(self) -> None:
+        self._on_each(lambda _, worker: worker.wake_up.remote())
+
     def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:
         return self._on_each(
             lambda _, worker: worker.sequence_logprobs.remote(token_id_lists), only=[0]
@@ -93,6 +106,12 @@ class RolloutGroup:
         return self.remote.options(**options).remote(self.cfg, self.model_path, index)
 
     def _replace(self, index: int) -> None:
+        transport = choose_transport(self.cfg)
+        if transport != "object_store":
+            raise RuntimeError(
+                f"rollout worker {index} died; with sync.transport={transport} it cannot be "
+                "replaced in a running group: resume the run from its newest checkpoint"
+            )
         log.warning("rollout worker %d died; starting a replacement", index)
         self.workers[index] = self._start(index)
         ray.get(self.workers[index].ready.remote())

@@ -5,6 +5,8 @@ with `LLM.collective_rpc`. Weights arrive as serialized buckets (bytes survive
 vLLM's RPC intact; dicts of tensors do not) and are loaded with
 `model_runner.reload_weights`, which applies the backend's own weight
 processing (on CPU, plain `load_weights` misses the repacked linear layers).
+The GPU transports load through vLLM's own weight-transfer engine instead and
+only call `score_ray_retie_word_embeddings` afterwards.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ class WeightReceiverExtension:
         self.model_runner.reload_weights(weights_iterator=iter(named_tensors))
         _retie_word_embeddings(self.model_runner.get_model(), self.model_runner.model_config)
         return len(named_tensors)
+
+    def score_ray_retie_word_embeddings(self) -> None:
+        """After an update through vLLM's weight-transfer engine (nccl, cuda_ipc), which
+        runs the same layerwise reload: re-tie the LM head as above."""
+        _retie_word_embeddings(self.model_runner.get_model(), self.model_runner.model_config)
 
 
 def _retie_word_embeddings(model: Any, model_config: Any) -> None:

@@ -5,6 +5,8 @@ API (all the driver needs):
     sequence_logprobs(token_id_lists)                    -> list[list[float]]
     update_weights(handle)                               -> int (new version)
     weight_version()                                     -> int
+    init_weight_transport(init_info)                     -> None (nccl / cuda_ipc, once)
+    sleep() / wake_up()                                  colocated: free the GPU for the learner
     continue_attempt(prompt_ids, greedy, seed)           -> list[(ids, text)] (K-attempt eval)
 
 All first attempts are generated in one batch, then every second-attempt
@@ -23,12 +25,11 @@ from typing import Any
 from score_ray.algo.traces import Trace
 from score_ray.config import Config
 from score_ray.prompts import PromptBuilder
-from score_ray.sync import WeightHandle, make_transport
+from score_ray.sync import MIB, StaleWeightsError, WeightHandle, choose_transport, make_transport
 from score_ray.tasks.base import Problem
 
-
-class StaleWeightsError(RuntimeError):
-    """A weight update arrived out of order."""
+VLLM_BACKENDS = {"nccl": "nccl", "cuda_ipc": "ipc"}
+"""Our transport -> vLLM's weight_transfer_config backend."""
 
 
 def rollout_env(cfg: Config) -> dict[str, str]:
@@ -42,7 +43,32 @@ def rollout_env(cfg: Config) -> dict[str, str]:
         # One engine per actor: keep the engine core in this process, so weight
         # updates pass by reference and no extra process competes for the cores.
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if choose_transport(cfg) == "cuda_ipc":
+        # IPC handles cross vLLM's RPC pickled (as its HTTP client sends them); the engine
+        # refuses to unpickle them without this. Only this actor's own processes talk there.
+        env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     return env
+
+
+def engine_kwargs(cfg: Config, model_path: str, worker_index: int) -> dict[str, Any]:
+    """Arguments of the rollout actor's `vllm.LLM`."""
+    kwargs: dict[str, Any] = dict(
+        model=model_path,
+        dtype=cfg.rollout.dtype,
+        max_model_len=cfg.model.max_model_len,
+        enforce_eager=cfg.rollout.enforce_eager,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        seed=cfg.train.seed + worker_index,
+        tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+        worker_extension_cls="score_ray.rollout.vllm_extension.WeightReceiverExtension",
+        enable_prefix_caching=True,
+    )
+    backend = VLLM_BACKENDS.get(choose_transport(cfg))
+    if backend:
+        kwargs["weight_transfer_config"] = {"backend": backend}
+    if cfg.rollout.colocate_with_learner:
+        kwargs["enable_sleep_mode"] = True
+    return kwargs
 
 
 class RolloutWorker:
@@ -56,20 +82,11 @@ class RolloutWorker:
             torch.set_num_threads(cfg.rollout.threads)
         self.cfg = cfg
         self.worker_index = worker_index
-        self.llm = LLM(
-            model=model_path,
-            dtype=cfg.rollout.dtype,
-            max_model_len=cfg.model.max_model_len,
-            enforce_eager=cfg.rollout.enforce_eager,
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-            seed=cfg.train.seed + worker_index,
-            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-            worker_extension_cls="score_ray.rollout.vllm_extension.WeightReceiverExtension",
-            enable_prefix_caching=True,
-        )
+        self.llm = LLM(**engine_kwargs(cfg, model_path, worker_index))
         self.prompts = PromptBuilder(self.llm.get_tokenizer(), cfg.prompts)
-        self.transport = make_transport("object_store")
+        self.transport = make_transport(choose_transport(cfg), cfg.sync.bucket_mb * MIB)
         self._version = 0
+        self._asleep = False
 
     def ready(self) -> bool:
         return True
@@ -154,14 +171,28 @@ class RolloutWorker:
                 f"rollout worker {self.worker_index} holds version {self._version}, "
                 f"got version {handle.version}; versions must increase"
             )
-        buckets = self.transport.receive(handle)
-        loaded = self.llm.collective_rpc("score_ray_load_weights", args=(buckets,))
-        if not loaded or loaded[0] != handle.num_tensors:
+        loaded = self.transport.receive(self.llm, handle)
+        if loaded != handle.num_tensors:
             raise RuntimeError(f"weight update loaded {loaded} tensors of {handle.num_tensors}")
         # Cached prefixes were computed with the old weights.
         self.llm.reset_prefix_cache()
         self._version = handle.version
         return self._version
+
+    def init_weight_transport(self, init_info: dict[str, Any]) -> None:
+        """Join the learner's transfer group (nccl; blocks until every rank has joined)."""
+        self.transport.connect_receiver(self.llm, init_info)
+
+    def sleep(self) -> None:
+        """Colocated: move the weights to CPU and drop the KV cache while the learner trains."""
+        if not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake_up(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
 
     # -- Evaluation with K attempts (`score_ray.evaluate.run_attempts`, `score-ray eval`) --
 

@@ -16,6 +16,7 @@ from score_ray.algo import collate_traces
 from score_ray.learner.group import LearnerGroup
 from score_ray.rollout.group import RolloutGroup
 from score_ray.rollout.worker import RolloutWorker, rollout_env
+from score_ray.sync import sync_weights
 from score_ray.tasks.base import Problem
 from tests.integration.conftest import max_abs_diff, tiny_config
 
@@ -44,8 +45,8 @@ def test_sync_makes_rollout_match_learner(ray_local, tiny_model_path, tmp_path):
     advantage = torch.tensor([1.0, -1.0, 1.0, -1.0])
     stats = learner.train_step(batch, advantage, -advantage, stage=2)
     assert stats["grad_norm"] > 0
-    handle = learner.send_weights(version=1)
-    assert rollout.update_weights(handle) == [1]
+    handle = sync_weights(learner, rollout, version=1)  # object_store: send, then update
+    assert handle.transport == "object_store" and rollout.weight_versions() == [1]
 
     rollout_after = rollout.sequence_logprobs(probe)
     learner_after = learner.sequence_logprobs(probe)

@@ -47,3 +47,36 @@ def test_custom_resource_pinning():
 def test_no_nodes():
     with pytest.raises(LayoutError, match="no alive nodes"):
         check_fits(_demands(), [])
+
+
+def test_colocated_rollout_and_learner_share_one_bundle_per_gpu():
+    from score_ray.config import load_config
+    from score_ray.placement import Placement, layout
+
+    separate = load_config(None, ["rollout.num_gpus=1", "learner.num_gpus=1"])
+    assert [d.role for d in layout(separate)] == ["rollout", "learner", "verifier"]
+    cfg = load_config(
+        None,
+        [
+            "rollout.num_gpus=0.5",
+            "learner.num_gpus=0.5",
+            "rollout.colocate_with_learner=true",
+            "rollout.num_workers=2",
+            "learner.world_size=2",
+            "rollout.resources={tag: 1}",
+        ],
+    )
+    shared, verifier = layout(cfg)
+    assert (shared.role, shared.count, verifier.role) == ("rollout+learner", 2, "verifier")
+    assert shared.bundle == {"CPU": 2.0, "GPU": 1.0, "tag": 1.0}
+    check_fits(layout(cfg), [{"CPU": 8.0, "GPU": 2.0, "tag": 2.0}])
+    with pytest.raises(LayoutError, match=r"GPU: the layout needs 2 \(rollout\+learner\)"):
+        check_fits(layout(cfg), [{"CPU": 8.0, "GPU": 1.0, "tag": 2.0}])
+
+    group = object()
+    placement = Placement({"rollout": group, "learner": group})
+    for index in (0, 1):
+        rollout = placement.options("rollout", index)["scheduling_strategy"]
+        learner = placement.options("learner", index)["scheduling_strategy"]
+        assert rollout.placement_group is learner.placement_group is group
+        assert rollout.placement_group_bundle_index == learner.placement_group_bundle_index
