@@ -7,8 +7,12 @@ pieces, so the numbers are what the trainer's evaluation sees:
     load_task_splits (held-out split)  ->  PromptBuilder (chat template, correction bridge)
     ->  run_attempts (attempt 2 = x1 + y1 + bridge)  ->  score_completion (binary reward)
 
-    nice -n 10 .venv/bin/python benchmarks/task_search.py                 # every candidate
-    nice -n 10 .venv/bin/python benchmarks/task_search.py --only gcd --n 50
+    nice -n 10 .venv/bin/python benchmarks/task_search.py                 # the SEARCH list
+    nice -n 10 .venv/bin/python benchmarks/task_search.py --only gcd lcm --prompts work2 chat2 \
+        --n 30 --max-tokens 64 --out /tmp/explore.json                      # exploring
+
+Prompt variants: fixed ones (PROMPTS) and "chatK" / "workK": K solved examples of the task as
+earlier chat turns (see `chat_prompts`).
 
 Prints a table (Acc@t1, Acc@t2, format-hit rate = share of attempts with an extractable
 answer, mean generated tokens per attempt) and writes benchmarks/results/task_search.json.
@@ -42,7 +46,6 @@ _CORRECTION = (
     "There might be an error in the solution above because of lack of understanding of the "
     "question. Please correct the error, if any, and rewrite the solution. "
 )
-_TAG_LAST_LINE = "Give the final answer on the last line as <answer>ANSWER</answer>."
 _FEWSHOT = (
     "Q: What is 6 + 7?\nA: 6 + 7 = 13. <answer>13</answer>\n\n"
     "Q: Spell 'dog' backward.\nA: d-o-g backward is g-o-d. <answer>god</answer>\n\n"
@@ -87,6 +90,8 @@ SHOT_CORRECTION = _CORRECTION + "Give the final answer as <answer>ANSWER</answer
 SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 SHOT_SEED_OFFSET = 7_777_777
 """Examples come from task.seed + this (eval uses task.seed, training task.seed + 1_000_003)."""
+DEMO_EVAL_SIZE = 200
+"""Examples never come from the first this-many held-out problems (a config's eval split)."""
 
 
 def chat_prompts(examples: list[tuple[str, str]], tokenizer: Any) -> PromptConfig:
@@ -199,8 +204,10 @@ SEARCH = (
     ("chain_sum2x2d", "work2"),
     ("gcd<=20", "work2"),
 )
-"""The default run (~25 min on the shared 2-core dev VM): the config's default prompt as
-the baseline, then the three best candidates of the exploratory runs (n=30)."""
+"""The default run: the config's default prompt as the baseline, then the three best
+candidates of exploratory runs (n=30). It took 41 min on 2026-11-21 on the shared 2-core dev
+VM (load average 4-20 from other jobs, this at nice 10); the baseline's longer replies take
+the most."""
 
 
 def candidates(only: list[str] | None, prompts: list[str] | None) -> list[Candidate]:
@@ -358,7 +365,11 @@ def make_prompts(
     family, k = variant[:4], variant[4:]
     if family not in ("chat", "work") or not k.isdigit():
         raise ValueError(f"unknown prompt variant {variant!r}")
-    exclude = {p.question for p in held_out}
+    # Keep examples out of the held-out split a config would use (eval_size 200), not only
+    # out of the `n` problems measured here (the 2026-11 run excluded only those: its gcd
+    # examples include a problem from held-out positions 101-200).
+    wide = dataclasses.replace(task, eval_size=max(task.eval_size, DEMO_EVAL_SIZE))
+    exclude = {p.question for p in [*held_out, *load_task_splits(wide).eval]}
     examples = shot_examples(task, int(k), exclude, worked=family == "work")
     return chat_prompts(examples, tokenizer)
 
