@@ -110,15 +110,13 @@ def _train_config(args: argparse.Namespace) -> Config:
 
 def prepare_inputs(cfg: Config):
     """Model folder and the two problem splits, length-filtered; fails before Ray starts."""
-    from transformers import AutoTokenizer
-
-    from score_ray.models import resolve_model_path
+    from score_ray.models import load_tokenizer, resolve_model_path
     from score_ray.prompts import PromptBuilder
     from score_ray.tasks import load_task_splits
     from score_ray.trainer import filter_prompt_lengths
 
     model_path = resolve_model_path(cfg.model)
-    builder = PromptBuilder(AutoTokenizer.from_pretrained(model_path), cfg.prompts)
+    builder = PromptBuilder(load_tokenizer(model_path), cfg.prompts)
     try:
         splits = load_task_splits(cfg.task)
     except ValueError as err:  # the task sources name the bad key

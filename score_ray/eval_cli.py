@@ -175,27 +175,12 @@ def context_needed(
 
 
 def group_sampler(rollout: Any, seed: int = 0) -> Sampler:
-    """A greedy `Sampler` over the rollout workers: contiguous chunks, results in order."""
-    import ray
+    """A greedy `Sampler` over the rollout group (which replaces a worker that dies)."""
 
     def sample(prompts: list[list[int]]) -> list[tuple[list[int], str]]:
-        chunks = _chunks(prompts, len(rollout.workers))
-        refs = [
-            worker.continue_attempt.remote(chunk, True, seed)
-            for worker, chunk in zip(rollout.workers, chunks, strict=True)
-            if chunk
-        ]
-        return [completion for part in ray.get(refs) for completion in part]
+        return rollout.continue_attempt(prompts, greedy=True, seed=seed)
 
     return sample
-
-
-def _chunks(items: list, parts: int) -> list[list]:
-    size, extra = divmod(len(items), parts)
-    bounds = [0]
-    for index in range(parts):
-        bounds.append(bounds[-1] + size + (1 if index < extra else 0))
-    return [items[bounds[i] : bounds[i + 1]] for i in range(parts)]
 
 
 def problem_rows(

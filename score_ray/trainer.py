@@ -36,6 +36,7 @@ from score_ray.config import Config, save_config
 from score_ray.evaluate import self_correction_metrics
 from score_ray.learner.group import LearnerFailure, LearnerGroup
 from score_ray.metrics import MetricsLogger
+from score_ray.models import load_tokenizer
 from score_ray.placement import Placement, reserve
 from score_ray.prompts import PromptBuilder
 from score_ray.rollout.group import RolloutGroup
@@ -121,7 +122,8 @@ class Trainer:
             placement=placement,
         )
         connect_weight_transport(self.actors.learner, self.actors.rollout)
-        self.pad_id = _pad_id(model_path)
+        # Padding is masked by attention_mask; the id only fills the tensor.
+        self.pad_id = int(load_tokenizer(model_path).pad_token_id)
         checkpoint = latest_checkpoint(self.output_dir) if resume else None
         if checkpoint is not None:
             self.restore(checkpoint)
@@ -364,14 +366,6 @@ class _timed:
 
     def __exit__(self, *exc: object) -> None:
         self.into[self.key] = time.perf_counter() - self.start
-
-
-def _pad_id(model_path: str) -> int:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(pad)
 
 
 def filter_prompt_lengths(

@@ -56,6 +56,17 @@ class RolloutGroup:
         )
         return [trace for traces in results for trace in traces]
 
+    def continue_attempt(
+        self, prompt_ids: list[list[int]], greedy: bool, seed: int
+    ) -> list[tuple[list[int], str]]:
+        """One more attempt per token-id prompt, split over the workers, in order."""
+        chunks = _split(prompt_ids, len(self.workers))
+        results = self._on_each(
+            lambda index, worker: worker.continue_attempt.remote(chunks[index], greedy, seed),
+            only=[i for i, chunk in enumerate(chunks) if chunk],
+        )
+        return [completion for part in results for completion in part]
+
     def update_weights(self, handle: WeightHandle) -> list[int]:
         versions = self._on_each(lambda _, worker: worker.update_weights.remote(handle))
         # Set afterwards: a replacement made during this call gets the previous

@@ -6,7 +6,7 @@ import pytest
 
 from score_ray.cli import main as cli_main
 from score_ray.config import load_config, save_config
-from score_ray.eval_cli import _chunks, context_needed, eval_config, is_run_dir
+from score_ray.eval_cli import context_needed, eval_config, is_run_dir
 from score_ray.evaluate import (
     attempt_metrics,
     bootstrap_intervals,
@@ -16,6 +16,7 @@ from score_ray.evaluate import (
     self_correction_metrics,
     summarize,
 )
+from score_ray.rollout.group import _split
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -151,8 +152,8 @@ def test_run_attempts_checks_the_sampler():
 
 
 def test_chunks_are_contiguous_and_ordered():
-    assert _chunks(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
-    assert _chunks([1], 3) == [[1], [], []]
+    assert _split(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
+    assert _split([1], 3) == [[1], [], []]
 
 
 def test_context_needed_counts_prompt_attempts_and_bridges():
