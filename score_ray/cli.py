@@ -1,8 +1,9 @@
-"""Command line: `score-ray train | eval | prepare-model`.
+"""Command line: `score-ray train | eval | demo | prepare-model`.
 
     score-ray train --config conf/tiny.yaml output_dir=/tmp/run learner.lr=1e-5
     score-ray train --resume /tmp/run          # continue from the newest checkpoint
     score-ray eval --config conf/default.yaml model.path=RUN_DIR output_dir=DIR [--attempts K]
+    score-ray demo --config conf/demo.yaml --output-dir runs/demo   # eval, train, eval, report
     score-ray prepare-model [--which smollm2-135m-instruct|tiny-llama]
 
 Config errors, missing files and an empty dataset are reported before Ray
@@ -25,6 +26,7 @@ from score_ray.config import (
     ConfigError,
     load_config,
 )
+from score_ray.demo import add_parser as add_demo_parser
 from score_ray.eval_cli import add_parser as add_eval_parser
 
 log = logging.getLogger("score_ray")
@@ -51,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, dest="command")
 
     train = commands.add_parser("train", help="run SCoRe Stage I then Stage II")
-    train.add_argument("--config", help="YAML file merged over the defaults")
+    train.add_argument(
+        "--config", action="append", help="YAML file merged over the defaults (repeatable)"
+    )
     train.add_argument(
         "--resume",
         metavar="OUTPUT_DIR",
@@ -66,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     prepare.set_defaults(func=_prepare_model)
 
     add_eval_parser(commands)  # score-ray eval: score_ray/eval_cli.py
+    add_demo_parser(commands)  # score-ray demo: score_ray/demo.py
     return parser
 
 
@@ -112,7 +117,7 @@ def prepare_inputs(cfg: Config):
     """Model folder and the two problem splits, length-filtered; fails before Ray starts."""
     from score_ray.models import load_tokenizer, resolve_model_path
     from score_ray.prompts import PromptBuilder
-    from score_ray.tasks import load_task_splits
+    from score_ray.tasks import drop_questions, load_task_splits
     from score_ray.trainer import filter_prompt_lengths
 
     model_path = resolve_model_path(cfg.model)
@@ -123,9 +128,13 @@ def prepare_inputs(cfg: Config):
         raise ConfigError(str(err)) from None
     train, dropped_train = filter_prompt_lengths(splits.train, builder, cfg)
     held_out, dropped_eval = filter_prompt_lengths(splits.eval, builder, cfg)
+    # A few-shot example is shown in every prompt: evaluating on it would measure recall.
+    held_out, dropped_examples = drop_questions(
+        held_out, [example.question for example in cfg.prompts.examples]
+    )
     log.info(
-        "task %s/%s: %d train, %d eval problems "
-        "(%d malformed rows skipped, %d/%d too long dropped)",
+        "task %s/%s: %d train, %d eval problems (%d malformed rows skipped, %d/%d too long "
+        "dropped, %d held-out problems dropped as few-shot examples)",
         cfg.task.source,
         cfg.task.name,
         len(train),
@@ -133,6 +142,7 @@ def prepare_inputs(cfg: Config):
         splits.skipped_rows,
         dropped_train,
         dropped_eval,
+        dropped_examples,
     )
     if not train or not held_out:
         raise ConfigError(

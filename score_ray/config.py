@@ -79,9 +79,22 @@ class TaskConfig:
 
 
 @dataclass
+class PromptExample:
+    """A solved example shown to the model as an earlier chat exchange (few-shot)."""
+
+    question: str
+    """Task text; shown as the user turn through `prompts.attempt1`."""
+    response: str
+    """The assistant's reply to it, verbatim (it should end in the required answer format)."""
+
+
+@dataclass
 class PromptConfig:
     system: str | None = None
     """Optional system message (None: the chat template's default)."""
+    examples: list[PromptExample] = field(default_factory=list)
+    """Few-shot: solved examples (each `question`, `response`) rendered as earlier user/assistant
+    turns by the model's own chat template, before the first attempt's question."""
     attempt1: str = (
         "{question}\n\nSolve the problem step by step, then give the final answer "
         "on the last line as <answer>ANSWER</answer>."
@@ -204,7 +217,10 @@ class AlgoConfig:
     kl_estimator: str = "k3"
     """Per-token KL estimate: k1 (log-ratio) or k3 (exp(d) - d - 1, unbiased and >= 0)."""
     stage1_train_attempt1: bool = False
-    """Single-turn ablation knob: also reward attempt 1 in Stage I (paper: False)."""
+    """Also reward attempt 1 with r1 in Stage I (paper: False, attempt 1 is only KL-pinned)."""
+    single_turn: bool = False
+    """Ablation 'single-turn RL' (paper Table 4): every step trains attempt 1 only (reward r1,
+    KL beta1); attempt 2 is sampled and scored but gets no loss."""
 
 
 @dataclass
@@ -220,7 +236,8 @@ class TrainConfig:
     eval_every: int = 0
     """Greedy held-out evaluation every N steps (0: only before and after training)."""
     eval_max_problems: int = 0
-    """Cap on evaluation problems per periodic eval (0: the whole held-out split)."""
+    """Cap on held-out problems per in-training evaluation (before, periodic, after; 0: the whole
+    split). `score-ray eval` always uses the whole split."""
     checkpoint_every: int = 10
     """Write a checkpoint every N steps (0: only on SIGTERM/SIGINT). A dead learner rank
     rolls the run back to the newest one."""
@@ -253,12 +270,18 @@ class Config:
     """How long to wait for the cluster to reserve the actors' resources before failing."""
 
 
-def load_config(config_path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
-    """Merge defaults <- YAML file <- `key=value` overrides, then validate."""
+ConfigPaths = str | os.PathLike | list[str | os.PathLike] | tuple[str | os.PathLike, ...] | None
+
+
+def load_config(config_path: ConfigPaths = None, overrides: list[str] = ()) -> Config:
+    """Merge defaults <- YAML file(s) <- `key=value` overrides, then validate.
+
+    Several YAML files merge in order, so a variant can hold only its differences
+    (`--config conf/demo.yaml --config conf/ablations/no_shaping.yaml`)."""
     schema = OmegaConf.structured(Config)
     layers = [schema]
-    if config_path is not None:
-        path = Path(config_path)
+    for name in config_files(config_path):
+        path = Path(name)
         if not path.is_file():
             raise ConfigError(f"--config: file not found: {path}")
         layers.append(OmegaConf.load(path))
@@ -273,6 +296,15 @@ def load_config(config_path: str | os.PathLike | None = None, overrides: list[st
         raise ConfigError(_describe_omegaconf_error(err)) from None
     validate(cfg)
     return cfg
+
+
+def config_files(config_path: ConfigPaths) -> list[str | os.PathLike]:
+    """`load_config`'s YAML argument as a list (None: no file)."""
+    if config_path is None:
+        return []
+    if isinstance(config_path, list | tuple):
+        return list(config_path)
+    return [config_path]
 
 
 def _describe_omegaconf_error(err: OmegaConfBaseException) -> str:
@@ -388,6 +420,13 @@ def validate(cfg: Config) -> None:
     )
     need("{question}" in cfg.prompts.attempt1, "prompts.attempt1", "must contain {question}")
     need(bool(cfg.prompts.correction.strip()), "prompts.correction", "must not be empty")
+    for index, example in enumerate(cfg.prompts.examples):
+        for name in ("question", "response"):
+            need(
+                bool(getattr(example, name).strip()),
+                f"prompts.examples[{index}].{name}",
+                "must not be empty",
+            )
     model_problem = _check_model_path(cfg.model.path)
     if model_problem:
         problems.append(f"model.path: {model_problem}")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from score_ray.config import Config, ConfigError, load_config
+from score_ray.config import Config, ConfigError, ConfigPaths, config_files, load_config
 from score_ray.evaluate import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 EVAL_JSON = "eval.json"
 PROBLEMS_JSONL = "eval_problems.jsonl"
+EVAL_CHUNK_PER_WORKER = 64
+"""Problems per rollout worker per progress-bar tick."""
 _EVAL_TRAIN_SIZE = 16
 """Training problems generated alongside the held-out split (unused; the split is the same)."""
 
@@ -53,7 +55,9 @@ _EVAL_TRAIN_SIZE = 16
 def add_parser(commands: Any) -> None:
     """Register `score-ray eval` on the CLI's subparsers."""
     parser = commands.add_parser("eval", help="greedy K-attempt evaluation on the held-out split")
-    parser.add_argument("--config", help="YAML file merged over the defaults")
+    parser.add_argument(
+        "--config", action="append", help="YAML file merged over the defaults (repeatable)"
+    )
     parser.add_argument(
         "--attempts", type=int, default=2, help="attempts per problem (>= 2; default 2)"
     )
@@ -81,7 +85,7 @@ def is_run_dir(path: Path) -> bool:
     return (path / "final").is_dir() and (path / "config.yaml").is_file()
 
 
-def eval_config(config_path: str | None, overrides: list[str]) -> tuple[Config, Path | None]:
+def eval_config(config_path: ConfigPaths, overrides: list[str]) -> tuple[Config, Path | None]:
     """The config to evaluate with, and the run folder if `model.path` names one.
 
     A run folder's `final/` becomes `model.path`; its `config.yaml` is the base config
@@ -91,7 +95,7 @@ def eval_config(config_path: str | None, overrides: list[str]) -> tuple[Config, 
     run_dir = Path(cfg.model.path).expanduser()
     if not is_run_dir(run_dir):
         return cfg, None
-    if config_path is None:
+    if not config_files(config_path):
         cfg = load_config(run_dir / "config.yaml", overrides)
     cfg.model.path = str(run_dir / "final")
     return cfg, run_dir
@@ -152,7 +156,7 @@ def generate_and_score(
     verifiers = VerifierPool(cfg.verifier, cfg.prompts.answer_format)
     try:
         first = [builder.first_prompt_ids(p.question) for p in problems]
-        runs = run_attempts(first, attempts, group_sampler(rollout), builder.bridge_ids)
+        runs = run_in_chunks(first, attempts, group_sampler(rollout), builder.bridge_ids, cfg)
         items = [
             (problem, run.completions[k][1])
             for k in range(attempts)
@@ -164,6 +168,23 @@ def generate_and_score(
         verifiers.shutdown()
     n = len(problems)
     return runs, [flat[k * n : (k + 1) * n] for k in range(attempts)], stats.as_metrics()
+
+
+def run_in_chunks(
+    first: list[list[int]], attempts: int, sample: Sampler, bridge: Any, cfg: Config
+) -> list[AttemptRun]:
+    """`run_attempts` over chunks of problems, with a progress bar: chunks big enough to
+    keep every rollout worker's batch full, small enough to show progress on a CPU."""
+    from tqdm import tqdm
+
+    chunk = EVAL_CHUNK_PER_WORKER * cfg.rollout.num_workers
+    runs: list[AttemptRun] = []
+    with tqdm(total=len(first), desc="eval", unit="problem", dynamic_ncols=True) as bar:
+        for start in range(0, len(first), chunk):
+            part = first[start : start + chunk]
+            runs += run_attempts(part, attempts, sample, bridge)
+            bar.update(len(part))
+    return runs
 
 
 def context_needed(

@@ -35,13 +35,18 @@ class PromptBuilder:
         self._bridge_after_cutoff = self._encode(bridge_text)
 
     def first_messages(self, question: str) -> list[dict[str, str]]:
+        """System message, few-shot exchanges, then the question as the user turn."""
         messages = []
         if self.prompts.system is not None:
             messages.append({"role": "system", "content": self.prompts.system})
-        messages.append(
-            {"role": "user", "content": self.prompts.attempt1.format(question=question)}
-        )
+        for example in self.prompts.examples:
+            messages.append({"role": "user", "content": self._user_turn(example.question)})
+            messages.append({"role": "assistant", "content": example.response})
+        messages.append({"role": "user", "content": self._user_turn(question)})
         return messages
+
+    def _user_turn(self, question: str) -> str:
+        return self.prompts.attempt1.format(question=question)
 
     def first_prompt_ids(self, question: str) -> list[int]:
         text = self.tokenizer.apply_chat_template(

@@ -279,7 +279,7 @@ class Trainer:
 
         # rewards and advantages (Stage I / II rewards, RLOO per prompt)
         reward1, reward2 = attempt_rewards(
-            stage, r1, r2, cfg.algo.alpha, cfg.algo.stage1_train_attempt1
+            stage, r1, r2, cfg.algo.alpha, cfg.algo.stage1_train_attempt1, cfg.algo.single_turn
         )
         groups = (cfg.train.prompts_per_step, cfg.train.samples_per_prompt)
         advantage1 = rloo_advantages(reward1.view(groups)).flatten()
@@ -335,7 +335,7 @@ class Trainer:
     def evaluate(self, tag: str) -> dict[str, float]:
         """Greedy two-attempt evaluation on the held-out split."""
         cap = self.cfg.train.eval_max_problems
-        problems = self.held_out[:cap] if cap and tag == "periodic" else self.held_out
+        problems = self.held_out[:cap] if cap else self.held_out
         started = time.perf_counter()
         traces = self.actors.rollout.generate(problems, 1, greedy=True, seed=0)
         r1, r2, _ = self.verify(traces)

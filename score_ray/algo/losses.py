@@ -13,14 +13,20 @@ import torch
 
 
 def token_logprobs(
-    logits: torch.Tensor,  # [B, T, V] model outputs for input_ids
+    logits: torch.Tensor,  # [B, T - start, V] model outputs at positions start .. T-1
     input_ids: torch.Tensor,  # [B, T]
-) -> torch.Tensor:  # [B, T]; column 0 (no context) is 0
-    """log pi(token_t | tokens_<t), computed in float32 for stability."""
+    start: int = 0,
+) -> torch.Tensor:  # [B, T]; columns 0 .. start (no logits for them) are 0
+    """log pi(token_t | tokens_<t) for t > start, computed in float32 for stability.
+
+    The logits at position p predict token p+1. A caller that only needs the log-probs
+    of late tokens (the attempts, not the prompt) passes the logits from `start` on: the
+    LM head's [T, V] output is the largest tensor of a small model's step.
+    """
     shifted = logits[:, :-1].float()
-    targets = input_ids[:, 1:].unsqueeze(-1)
+    targets = input_ids[:, start + 1 :].unsqueeze(-1)
     picked = shifted.gather(-1, targets).squeeze(-1) - torch.logsumexp(shifted, dim=-1)
-    return torch.nn.functional.pad(picked, (1, 0), value=0.0)
+    return torch.nn.functional.pad(picked, (start + 1, 0), value=0.0)
 
 
 def kl_per_token(
@@ -41,12 +47,17 @@ def kl_per_token(
     raise ValueError(f"unknown KL estimator {estimator!r} (expected 'k1' or 'k3')")
 
 
-def attempt_kl_coefficients(stage: int, beta1: float, beta2: float) -> tuple[float, float]:
+def attempt_kl_coefficients(
+    stage: int, beta1: float, beta2: float, single_turn: bool = False
+) -> tuple[float, float]:
     """KL coefficients (attempt 1, attempt 2).
 
     Stage I (paper Eq. 3): beta2 on attempt 1 holds the first attempt near the base
-    model, beta1 on attempt 2. Stage II (Eq. 4): beta1 on both attempts.
+    model, beta1 on attempt 2. Stage II (Eq. 4): beta1 on both attempts. The single-turn
+    baseline (Table 4) trains attempt 1 only: beta1 on it, nothing on attempt 2.
     """
+    if stage in (1, 2) and single_turn:
+        return beta1, 0.0
     if stage == 1:
         return beta2, beta1
     if stage == 2:

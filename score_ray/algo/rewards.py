@@ -19,8 +19,8 @@ def stage1_rewards(
     train_attempt1: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage I (paper Eq. 3): maximise r(y2); attempt 1 gets no reward, only the
-    beta2 KL that pins it to the base model. `train_attempt1=True` credits r1 to
-    attempt 1 (used by the single-turn RL ablation)."""
+    beta2 KL that pins it to the base model. `train_attempt1=True` also credits r1
+    to attempt 1."""
     reward1 = r1.clone() if train_attempt1 else torch.zeros_like(r1)
     return reward1, r2.clone()
 
@@ -36,14 +36,28 @@ def stage2_rewards(
     return r1.clone(), r2 + alpha * (r2 - r1)
 
 
+def single_turn_rewards(
+    r1: torch.Tensor,  # [N]
+    r2: torch.Tensor,  # [N]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-turn RL, the baseline of the paper's Table 4: attempt 1 earns r1 and attempt 2
+    nothing. Attempt 2 is still sampled, only to measure self-correction during training."""
+    return r1.clone(), torch.zeros_like(r2)
+
+
 def attempt_rewards(
     stage: int,
     r1: torch.Tensor,  # [N]
     r2: torch.Tensor,  # [N]
     alpha: float,
     stage1_train_attempt1: bool = False,
+    single_turn: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch to the reward of `stage` (1 or 2)."""
+    """Dispatch to the reward of `stage` (1 or 2), or to the single-turn baseline's."""
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    if single_turn:
+        return single_turn_rewards(r1, r2)
     if stage == 1:
         return stage1_rewards(r1, r2, stage1_train_attempt1)
     if stage == 2:

@@ -141,7 +141,9 @@ class Learner:
     def train_step(self, shard: LearnerShard, stage: int) -> dict[str, float]:
         """One optimizer step: micro-batches with gradient accumulation, then step."""
         cfg = self.cfg
-        kl_coef1, kl_coef2 = attempt_kl_coefficients(stage, cfg.algo.beta1, cfg.algo.beta2)
+        kl_coef1, kl_coef2 = attempt_kl_coefficients(
+            stage, cfg.algo.beta1, cfg.algo.beta2, cfg.algo.single_turn
+        )
         micro = cfg.learner.micro_batch_size
         totals = dict.fromkeys(
             ("loss", "pg_loss", "kl_loss", "kl1_sum", "kl1_tokens", "kl2_sum", "kl2_tokens"), 0.0
@@ -179,8 +181,19 @@ class Learner:
 
     @staticmethod
     def _logprobs(model: Any, batch: TraceBatch) -> torch.Tensor:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return token_logprobs(logits, batch.input_ids)
+        """[B, T] log-probs, exact on every attempt token (0 on the shared prompt).
+
+        Logits are computed only from the position before the first attempt token on
+        (`logits_to_keep`): the prompt's tokens carry no loss, and skipping their [T, V]
+        logits saves the LM head's share of the step.
+        """
+        generated = (batch.attempt1_mask + batch.attempt2_mask).amax(0).nonzero()
+        start = max(int(generated[0]) - 1, 0) if len(generated) else 0
+        keep = torch.arange(start, batch.input_ids.shape[1], device=batch.input_ids.device)
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep
+        ).logits
+        return token_logprobs(logits, batch.input_ids, start)
 
     @torch.no_grad()
     def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:

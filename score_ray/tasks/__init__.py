@@ -21,6 +21,7 @@ __all__ = [
     "Problem",
     "TaskSplits",
     "build_splits",
+    "drop_questions",
     "load_task_splits",
     "normalize_question",
     "question_uid",
@@ -112,3 +113,11 @@ def require_nonempty(problems: list[Problem], key: str, why: str) -> None:
     """Raise `ValueError("<key>: no usable rows ... <why>")` if `problems` is empty."""
     if not problems:
         raise ValueError(f"{key}: no usable rows ({why})")
+
+
+def drop_questions(problems: list[Problem], questions: Iterable[str]) -> tuple[list[Problem], int]:
+    """`problems` without those whose normalised question is one of `questions` (e.g. the
+    prompt's few-shot examples, which must not be evaluated on); and how many were dropped."""
+    banned = {normalize_question(q) for q in questions}
+    kept = [p for p in problems if normalize_question(p.question) not in banned]
+    return kept, len(problems) - len(kept)

@@ -1,6 +1,8 @@
-"""`score-ray train` on conf/tiny.yaml as a user runs it: a subprocess with its own Ray.
+"""`score-ray demo` / `score-ray train` on conf/tiny.yaml as a user runs them: subprocesses,
+each with its own Ray.
 
-The run injects verifier faults (raises and hangs) to show that training goes on.
+The demo (base eval -> train -> trained eval -> report) injects verifier faults (raises and
+hangs) to show that training and evaluation go on.
 """
 
 from __future__ import annotations
@@ -29,17 +31,20 @@ REQUIRED = (
 )
 
 
-def test_tiny_two_stage_run_with_verifier_faults(tmp_path):
-    out = tmp_path / "run"
+def test_tiny_demo_two_stage_run_with_verifier_faults(tmp_path):
+    demo = tmp_path / "demo"
+    out = demo / "train"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [
         sys.executable,
         "-m",
         "score_ray.cli",
-        "train",
+        "demo",
         "--config",
         str(CONF / "tiny.yaml"),
-        f"output_dir={out}",
+        "--output-dir",
+        str(demo),
+        "task.eval_size=12",
         "verifier.chaos_raise_rate=0.2",
         "verifier.chaos_hang_rate=0.1",
         "verifier.timeout_s=3",
@@ -70,7 +75,29 @@ def test_tiny_two_stage_run_with_verifier_faults(tmp_path):
     assert (out / "config.yaml").is_file()
     assert "chaos_hang_rate: 0.1" in (out / "config.yaml").read_text()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    assert "SCoRe" in proc.stderr  # the progress bar
+    assert "SCoRe" in proc.stderr and "eval: 100%" in proc.stderr  # the progress bars
+
+    # The demo's evaluations and report.
+    for name in ("eval_base", "eval_trained"):
+        report = json.loads((demo / name / "eval.json").read_text())
+        assert report["n"] == 12 and report["attempts"] == 2
+        for metric in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i"):
+            low, high = report[metric]["ci"]
+            assert low <= report[metric]["value"] <= high
+    assert json.loads((demo / "eval_trained" / "eval.json").read_text())["model_path"] == str(
+        out / "final"
+    )
+    markdown = (demo / "report.md").read_text()
+    assert "| Acc@t2 |" in markdown and "peak memory" in markdown
+    for png in ("accuracy_per_attempt.png", "reward_per_attempt.png"):
+        assert (demo / png).stat().st_size > 1000
+    summary = json.loads((demo / "demo.json").read_text())
+    assert summary["peak_memory_bytes"] > 0 and set(summary["step_s"]) == {
+        "base eval",
+        "train",
+        "trained eval",
+    }
+    assert "Acc@t1" in proc.stdout and "change" in proc.stdout  # the before/after table
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -77,6 +77,15 @@ def test_token_logprobs_hand_values():
     assert torch.allclose(got, torch.tensor([[0.0, math.log(0.75), math.log(0.25)]]))
 
 
+def test_token_logprobs_from_a_start_position():
+    # logits only for positions 1..3 (they predict tokens 2 and 3); columns 0..1 are 0
+    logits = torch.tensor([[[0.0, math.log(3.0)]] * 3])
+    input_ids = torch.tensor([[1, 1, 0, 1]])
+    got = token_logprobs(logits, input_ids, start=1)
+    expected = torch.tensor([[0.0, 0.0, math.log(0.25), math.log(0.75)]])
+    assert torch.allclose(got, expected)
+
+
 def test_kl_estimators_hand_values():
     logp = torch.tensor([math.log(0.5)])
     ref = torch.tensor([math.log(0.25)])
@@ -91,6 +100,16 @@ def test_kl_estimators_hand_values():
 def test_kl_coefficients_per_stage():
     assert attempt_kl_coefficients(1, beta1=0.01, beta2=0.1) == (0.1, 0.01)
     assert attempt_kl_coefficients(2, beta1=0.01, beta2=0.1) == (0.01, 0.01)
+
+
+def test_single_turn_trains_attempt1_only_in_both_stages():
+    for stage in (1, 2):
+        reward1, reward2 = attempt_rewards(stage, R1, R2, alpha=10.0, single_turn=True)
+        assert reward1.tolist() == R1.tolist()
+        assert reward2.tolist() == [0.0, 0.0, 0.0, 0.0]
+        assert attempt_kl_coefficients(stage, 0.01, 0.1, single_turn=True) == (0.01, 0.0)
+    with pytest.raises(ValueError, match="stage"):
+        attempt_rewards(0, R1, R2, alpha=1.0, single_turn=True)
 
 
 def _trace(prompt, a1, bridge, a2):

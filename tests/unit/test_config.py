@@ -111,3 +111,38 @@ def test_readme_documents_every_config_key():
     assert markdown_reference() in readme, (
         "README's config table is stale: paste the output of `python -m score_ray.config`"
     )
+
+
+def test_few_shot_examples_load_and_bad_ones_are_named(tmp_path):
+    path = tmp_path / "examples.yaml"
+    path.write_text(
+        "prompts:\n  examples:\n"
+        "    - {question: 'Calculate 1 + 2.', response: '<answer>3</answer>'}\n"
+    )
+    cfg = load_config(path)
+    assert cfg.prompts.examples[0].question == "Calculate 1 + 2."
+    assert cfg.prompts.examples[0].response == "<answer>3</answer>"
+    with pytest.raises(ConfigError, match="answr"):
+        load_config(None, ["prompts.examples=[{question: a, answr: b}]"])
+    with pytest.raises(ConfigError, match=r"prompts\.examples\[0\]\.response"):
+        load_config(None, ["prompts.examples=[{question: a, response: ' '}]"])
+
+
+def test_several_config_files_merge_in_order(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("learner: {lr: 1.0e-4}\nalgo: {alpha: 3.0}\n")
+    second.write_text("algo: {alpha: 0.0}\n")
+    cfg = load_config([first, second], ["algo.beta1=0.5"])
+    assert (cfg.learner.lr, cfg.algo.alpha, cfg.algo.beta1) == (1e-4, 0.0, 0.5)
+    with pytest.raises(ConfigError, match=r"missing\.yaml"):
+        load_config([first, tmp_path / "missing.yaml"])
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "ablations").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_ablation_layers_over_the_demo_config(path):
+    demo = load_config(CONF / "demo.yaml")
+    ablation = load_config([CONF / "demo.yaml", path])
+    assert ablation != demo
+    # The same budget: every ablation runs as many policy updates as the demo.
+    total = ablation.train.stage1_steps + ablation.train.stage2_steps
+    assert total == demo.train.stage1_steps + demo.train.stage2_steps

@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from score_ray.config import Config, PromptConfig
+from score_ray.config import Config, PromptConfig, PromptExample
 from score_ray.models import build_tiny_model
 from score_ray.prompts import PromptBuilder
 
@@ -70,3 +70,15 @@ def test_tokenizer_without_chat_template_is_rejected(tokenizer):
 
     with pytest.raises(ValueError, match="chat template"):
         PromptBuilder(NoTemplate(), PromptConfig())
+
+
+def test_few_shot_examples_are_earlier_turns_of_the_template(tokenizer):
+    examples = [PromptExample("1+1?", "2\n<answer>2</answer>"), PromptExample("2+5?", "7")]
+    builder = PromptBuilder(tokenizer, PromptConfig(examples=examples, attempt1="Q: {question}"))
+    messages = builder.first_messages("3+4?")
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
+    assert messages[0]["content"] == "Q: 1+1?" and messages[1]["content"] == "2\n<answer>2</answer>"
+    assert builder.first_prompt_ids("3+4?") == _render(tokenizer, messages)
+    # The bridge is still the template's text after attempt 1, examples or not.
+    plain = PromptBuilder(tokenizer, PromptConfig(attempt1="Q: {question}"))
+    assert builder.bridge_ids([5]) == plain.bridge_ids([5])

@@ -12,6 +12,7 @@ from score_ray.tasks import (
     Problem,
     TaskSplits,
     build_splits,
+    drop_questions,
     load_task_splits,
     normalize_question,
 )
@@ -243,3 +244,10 @@ def test_jsonl_empty_eval_file_names_eval_path(tmp_path):
 def test_jsonl_missing_file_names_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"^task\.path: file not found"):
         load_task_splits(jsonl_task(tmp_path / "nope.jsonl"))
+
+
+def test_drop_questions_removes_few_shot_examples_after_normalisation():
+    problems = [Problem("a", "Calculate 1 + 2.", "3"), Problem("b", "Calculate 2 + 2.", "4")]
+    kept, dropped = drop_questions(problems, ["Calculate  1 + 2."])
+    assert [p.uid for p in kept] == ["b"] and dropped == 1
+    assert drop_questions(problems, []) == (problems, 0)

@@ -1,0 +1,138 @@
+"""The paper's Table 4 on our task: SCoRe and three ablations, same budget and seed.
+
+    .venv/bin/python benchmarks/ablations.py                       # the demo's budget
+    .venv/bin/python benchmarks/ablations.py --stage1-steps 4 --stage2-steps 6
+    .venv/bin/python benchmarks/ablations.py --only score no_shaping train.eval_max_problems=50
+
+Variants (each also runnable alone: `score-ray demo --config conf/demo.yaml --config
+conf/ablations/NAME.yaml`):
+
+    score          conf/demo.yaml as is: Stage I then Stage II
+    single_turn    conf/ablations/single_turn.yaml: train attempt 1 only (r1), evaluate two attempts
+    stage2_only    conf/ablations/stage2_only.yaml: no Stage I, all steps in Stage II
+    no_shaping     conf/ablations/no_shaping.yaml: alpha = 0
+
+The base model is evaluated once; every variant is trained from it with the same seed,
+problems and step budget (stage2_only spends Stage I's steps in Stage II), then evaluated
+greedily on the whole held-out split with `score-ray eval`. Prints one table (Acc@t1,
+Acc@t2, Delta, each with a 95% bootstrap CI) and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from score_ray.demo import config_args, run_cli
+from score_ray.report import markdown_table, read_eval, text_table, with_ci
+
+DEMO_CONFIG = "conf/demo.yaml"
+VARIANTS = {
+    "score": ("SCoRe", None),
+    "single_turn": ("single-turn RL", "conf/ablations/single_turn.yaml"),
+    "stage2_only": ("Stage II only (no Stage I)", "conf/ablations/stage2_only.yaml"),
+    "no_shaping": ("no reward shaping (alpha = 0)", "conf/ablations/no_shaping.yaml"),
+}
+PAPER_MATH = {  # Kumar et al. (2024), Table 4: Gemini 1.5 Flash on MATH, (Acc@t1, Acc@t2)
+    "score": (60.0, 64.4),
+    "single_turn": (61.8, 59.4),
+    "stage2_only": (59.2, 61.4),
+    "no_shaping": (60.0, 62.6),
+}
+HEADER = ["variant", "Acc@t1 [95% CI]", "Acc@t2 [95% CI]", "Delta [95% CI]", "paper MATH t1/t2"]
+
+
+def main() -> int:
+    args = parse_args()
+    out = Path(args.output_dir)
+    budget = {"stage1": args.stage1_steps, "stage2": args.stage2_steps}
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+    base_dir = out / "eval_base"
+    code, _ = run_cli(
+        ["eval", *config_args([DEMO_CONFIG]), *args.overrides, f"output_dir={base_dir}"]
+    )
+    if code:
+        return code
+    results["base"] = {"label": "base model", "eval": read_eval(base_dir), "seconds": 0.0}
+    for name in args.only:
+        label, extra = VARIANTS[name]
+        configs = [DEMO_CONFIG, *([extra] if extra else [])]
+        steps = budget_overrides(name, budget)
+        run_dir, eval_dir = out / name / "train", out / name / "eval"
+        print(f"\n=== ablation {name}: {label} ===", flush=True)
+        common = [*config_args(configs), *steps, *args.overrides]
+        code, train_s = run_cli(["train", *common, f"output_dir={run_dir}"])
+        if code:
+            return code
+        code, eval_s = run_cli(["eval", *common, f"model.path={run_dir}", f"output_dir={eval_dir}"])
+        if code:
+            return code
+        results[name] = {"label": label, "eval": read_eval(eval_dir), "seconds": train_s + eval_s}
+    rows = table_rows(results)
+    print()
+    print(text_table(HEADER, rows))
+    record = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+        "command": " ".join(sys.argv),
+        "budget_steps": budget,
+        "overrides": args.overrides,
+        "wall_s": time.perf_counter() - started,
+        "variants": {
+            name: {
+                "label": r["label"],
+                "n": r["eval"]["n"],
+                "seconds": r["seconds"],
+                **{
+                    k: r["eval"][k] for k in ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i")
+                },
+            }
+            for name, r in results.items()
+        },
+        "markdown": markdown_table(HEADER, rows),
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+def budget_overrides(name: str, budget: dict[str, int]) -> list[str]:
+    """The same number of updates for every variant; stage2_only spends them all in Stage II."""
+    if name == "stage2_only":
+        return ["train.stage1_steps=0", f"train.stage2_steps={budget['stage1'] + budget['stage2']}"]
+    return [f"train.stage1_steps={budget['stage1']}", f"train.stage2_steps={budget['stage2']}"]
+
+
+def table_rows(results: dict[str, dict]) -> list[list[str]]:
+    rows = []
+    for name, result in results.items():
+        report = result["eval"]
+        cells = [
+            with_ci(report[key], signed=key == "delta") for key in ("acc_t1", "acc_t2", "delta")
+        ]
+        paper = PAPER_MATH.get(name)
+        paper_cell = f"{paper[0]:.1f} / {paper[1]:.1f}" if paper else ""
+        rows.append([result["label"], *cells, paper_cell])
+    return rows
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage1-steps", type=int, default=12, help="SCoRe Stage I steps")
+    parser.add_argument("--stage2-steps", type=int, default=18, help="SCoRe Stage II steps")
+    parser.add_argument("--only", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--output-dir", default="runs/ablations")
+    parser.add_argument("--json", default="benchmarks/results/ablations.json")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The before/after report of a SCoRe run: `report.md` plus PNG plots.
+
+Inputs are files other commands already wrote, so a report can be rebuilt at any time:
+
+    BASE_EVAL/eval.json      `score-ray eval` of the base model
+    TRAINED_EVAL/eval.json   `score-ray eval` of the trained model
+    RUN/metrics.jsonl        the trainer's per-step records and in-training evaluations
+
+Outputs (in the report folder):
+
+    report.md                    tables and plots, readable on GitHub
+    accuracy_per_attempt.png     Acc@t1, Acc@t2 (...) base vs trained, with 95% CIs
+    reward_per_attempt.png       training reward of attempt 1 and 2 per step, both stages
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ACCURACY_PNG = "accuracy_per_attempt.png"
+REWARD_PNG = "reward_per_attempt.png"
+REPORT_MD = "report.md"
+
+METRIC_LABELS = {
+    "acc_t1": "Acc@t1",
+    "acc_t2": "Acc@t2",
+    "delta": "Delta(t1,t2)",
+    "delta_i2c": "Delta i->c",
+    "delta_c2i": "Delta c->i",
+}
+
+
+def read_eval(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "eval.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no eval.json (run `score-ray eval` first)")
+    return json.loads(path.read_text())
+
+
+def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(per-step records, in-training evaluation records) from a trainer's metrics.jsonl."""
+    steps, evals = [], []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        (evals if "eval" in record else steps).append(record)
+    return steps, evals
+
+
+def metric_names(report: dict[str, Any]) -> list[str]:
+    """The metrics of an eval.json in display order: attempts first, then the deltas."""
+    names = report["metrics"]
+    return [n for n in names if n.startswith("acc_")] + [
+        n for n in names if not n.startswith("acc_")
+    ]
+
+
+def comparison_rows(base: dict[str, Any], trained: dict[str, Any]) -> list[list[str]]:
+    """One row per metric: name, base [CI], trained [CI], change (trained - base)."""
+    rows = []
+    for name in metric_names(trained):
+        if name not in base:
+            continue
+        b, t = base[name], trained[name]
+        rows.append(
+            [
+                METRIC_LABELS.get(name, name),
+                with_ci(b, signed=name.startswith("delta")),
+                with_ci(t, signed=name.startswith("delta")),
+                f"{t['value'] - b['value']:+.3f}",
+            ]
+        )
+    return rows
+
+
+def with_ci(entry: dict[str, Any], signed: bool) -> str:
+    sign = "+" if signed else ""
+    low, high = entry["ci"]
+    return f"{entry['value']:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """The same table, aligned for a terminal."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*row) for row in [header, *rows])
+
+
+COMPARISON_HEADER = ["metric", "base [95% CI]", "trained [95% CI]", "change"]
+STAGE_HEADER = ["stage", "steps", "attempt-1 reward", "attempt-2 reward", "s/step"]
+
+
+def plot_accuracy(base: dict[str, Any], trained: dict[str, Any], out: Path) -> None:
+    """Grouped bars: accuracy at each attempt, base vs trained, with 95% CI whiskers."""
+    plt = _pyplot()
+    attempts = [n for n in metric_names(trained) if n.startswith("acc_") and n in base]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.38
+    sides = (("base", base, -width / 2), ("trained", trained, width / 2))
+    for label, report, offset in sides:
+        values = [report[n]["value"] for n in attempts]
+        errors = [
+            [v - report[n]["ci"][0] for n, v in zip(attempts, values, strict=True)],
+            [report[n]["ci"][1] - v for n, v in zip(attempts, values, strict=True)],
+        ]
+        positions = [i + offset for i in range(len(attempts))]
+        bars = ax.bar(positions, values, width, yerr=errors, capsize=4, label=label)
+        ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=8)
+    ax.set_xticks(range(len(attempts)), [f"attempt {n.removeprefix('acc_t')}" for n in attempts])
+    ax.set_ylabel(f"greedy accuracy (n = {trained['n']})")
+    ax.set_title("Accuracy per attempt on the held-out split")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_rewards(steps: list[dict[str, Any]], evals: list[dict[str, Any]], out: Path) -> None:
+    """Training reward (verifier correctness) of each attempt per step, Stage I/II shaded,
+    plus the in-training held-out evaluations when there are any."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = [r["step"] for r in steps]
+    for stage, color in ((1, "#e8eef8"), (2, "#f8efe6")):
+        in_stage = [r["step"] for r in steps if r["stage"] == stage]
+        if in_stage:
+            ax.axvspan(min(in_stage) - 0.5, max(in_stage) + 0.5, color=color, zorder=0)
+            ax.text(
+                (min(in_stage) + max(in_stage)) / 2,
+                1.01,
+                f"Stage {'I' * stage}",
+                ha="center",
+                va="bottom",
+                transform=ax.get_xaxis_transform(),
+                fontsize=9,
+            )
+    ax.plot(x, [r["acc/t1"] for r in steps], "-o", ms=3, label="attempt 1 (train samples)")
+    ax.plot(x, [r["acc/t2"] for r in steps], "-o", ms=3, label="attempt 2 (train samples)")
+    if evals:
+        ex = [r["step"] for r in evals]
+        for attempt in (1, 2):
+            values = [r[f"eval/acc_t{attempt}"] for r in evals]
+            ax.plot(ex, values, "s--", ms=5, label=f"attempt {attempt} (held-out, greedy)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("reward (fraction correct)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a server
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_report(
+    out_dir: str | Path,
+    base_eval: str | Path,
+    trained_eval: str | Path,
+    metrics_jsonl: str | Path,
+    run_facts: dict[str, str] | None = None,
+) -> str:
+    """Write report.md and the plots into `out_dir`; return the terminal before/after table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base, trained = read_eval(base_eval), read_eval(trained_eval)
+    steps, evals = read_metrics(metrics_jsonl)
+    plot_accuracy(base, trained, out / ACCURACY_PNG)
+    plot_rewards(steps, evals, out / REWARD_PNG)
+    rows = comparison_rows(base, trained)
+    stage_rows = _stage_rows(steps)
+    config = trained.get("config", {})
+    lines = [
+        "# SCoRe report",
+        "",
+        f"Model: `{base['model_path']}` (base) -> `{trained['model_path']}` (trained).  ",
+        f"Held-out problems: {trained['n']}, greedy decoding, {trained['attempts']} attempts; "
+        f"95% CIs from a paired bootstrap over problems ({trained['bootstrap']['resamples']} "
+        "resamples).",
+        "",
+        "## Before and after",
+        "",
+        markdown_table(COMPARISON_HEADER, rows),
+        "",
+        "Delta(t1,t2) = Acc@t2 - Acc@t1; i->c: wrong at attempt 1, right at attempt 2; "
+        "c->i: the reverse.",
+        "",
+        f"![accuracy per attempt]({ACCURACY_PNG})",
+        "",
+        "## Training",
+        "",
+        markdown_table(STAGE_HEADER, stage_rows),
+        "",
+        "Rewards are the verifier's correctness on the sampled training traces (temperature "
+        f"{config.get('rollout', {}).get('temperature', '?')}), averaged over each stage.",
+        "",
+        f"![reward per attempt]({REWARD_PNG})",
+    ]
+    if run_facts:
+        facts = [[key, value] for key, value in run_facts.items()]
+        lines += ["", "## Run", "", markdown_table(["", ""], facts)]
+    task = config.get("task", {})
+    algo = config.get("algo", {})
+    train = config.get("train", {})
+    lines += [
+        "",
+        "## Setup",
+        "",
+        f"- task: {task.get('source')} / {task.get('name')} {json.dumps(task.get('params', {}))}",
+        f"- Stage I steps {train.get('stage1_steps')}, Stage II steps "
+        f"{train.get('stage2_steps')}, {train.get('prompts_per_step')} prompts x "
+        f"{train.get('samples_per_prompt')} samples per step",
+        f"- alpha {algo.get('alpha')}, beta1 {algo.get('beta1')}, beta2 {algo.get('beta2')}, "
+        f"lr {config.get('learner', {}).get('lr')}",
+        "",
+    ]
+    (out / REPORT_MD).write_text("\n".join(lines))
+    return text_table(COMPARISON_HEADER, rows)
+
+
+def _stage_rows(steps: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for stage in (1, 2):
+        records = [r for r in steps if r["stage"] == stage]
+        if not records:
+            continue
+        means = {
+            key: sum(r[key] for r in records) / len(records)
+            for key in ("acc/t1", "acc/t2", "time/step")
+        }
+        rows.append(
+            [
+                "I" * stage,
+                str(len(records)),
+                f"{means['acc/t1']:.3f}",
+                f"{means['acc/t2']:.3f}",
+                f"{means['time/step']:.1f}",
+            ]
+        )
+    return rows
