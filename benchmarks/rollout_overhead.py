@@ -140,10 +140,10 @@ def measure(runs: dict[str, Any], rounds: int, problems, samples) -> dict[str, d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="tiny-llama")
-    parser.add_argument("--problems", type=int, default=8)
+    parser.add_argument("--problems", type=int, default=4)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after a warm-up")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds after a warm-up")
     parser.add_argument(
         "--block-sizes",
         type=int,

@@ -11,9 +11,10 @@ naive: what public SCoRe reimplementations do, written here in one process: HF `
 both attempts (prompts from score_ray.prompts.PromptBuilder), the same scorer
 (score_ray.verify.scorers.score_completion) called in-process, and a plain torch AdamW step on
 the same loss (score_ray.algo: attempt_rewards, rloo_advantages, collate_traces, score_loss),
-the same batch, micro-batches and KL reference. Its steps alternate with score-ray's.
+the same batch, micro-batches and KL reference. Its steps alternate with score-ray's (the
+order rotates from round to round).
 
-Reported per mode (medians over the timed steps, after one warm-up step each): traces trained
+Reported per mode (totals over the timed steps, after one warm-up step each): traces trained
 per second, and the share of the step spent in generate / verify / learn / sync. `verify` is
 the time verification adds to the step: all of it in batch mode, only the wait after the
 last trace arrived in stream mode (`verify busy` is the verifiers' wall time, overlapped).
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import MODELS, ROOT, bench_config, init_ray, median, table, write_result
+from bench_common import MODELS, ROOT, bench_config, init_ray, table, write_result
 
 from score_ray.algo import (
     Trace,
@@ -191,16 +192,17 @@ def score_ray_step(trainer: Trainer, stream: bool) -> dict[str, float]:
 
 
 def summarize(steps: list[dict[str, float]], traces_per_step: int) -> dict[str, Any]:
-    step = median([s["step"] for s in steps])
+    """Totals over the timed steps: traces per second and each phase's share of step time."""
+    total = sum(s["step"] for s in steps)
     summary: dict[str, Any] = {
-        "step_s": step,
-        "traces_per_s": traces_per_step / step,
+        "step_s_mean": total / len(steps),
+        "traces_per_s": traces_per_step * len(steps) / total,
         "steps": steps,
     }
     for phase in (*PHASES, "verify_busy"):
         if phase in steps[0]:
-            summary[f"{phase}_s"] = median([s[phase] for s in steps])
-            summary[f"{phase}_share"] = summary[f"{phase}_s"] / step
+            summary[f"{phase}_s_mean"] = sum(s[phase] for s in steps) / len(steps)
+            summary[f"{phase}_share"] = sum(s[phase] for s in steps) / total
     return summary
 
 
@@ -233,7 +235,10 @@ def main() -> None:
     naive = NaiveScore(cfg, model_path, train)
     modes: dict[str, list[dict[str, float]]] = {"stream": [], "batch": [], "naive": []}
     for index in range(args.steps + 1):  # step 0 of each mode is its warm-up
-        for mode in modes:
+        # Rotate the order, so that no mode always follows the same one (a naive step
+        # leaves this process's caches and threads in another state than an actor step).
+        order = list(modes)[index % 3 :] + list(modes)[: index % 3]
+        for mode in order:
             if mode == "naive":
                 timings = naive.step(seed=index)
             else:
@@ -251,7 +256,7 @@ def main() -> None:
     rows = [
         [
             {"stream": "score-ray stream", "batch": "score-ray batch", "naive": "naive"}[mode],
-            s["step_s"],
+            s["step_s_mean"],
             s["traces_per_s"],
             s["speedup_vs_naive"],
             *(f"{100 * s[f'{phase}_share']:.1f}%" for phase in PHASES),
