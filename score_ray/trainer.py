@@ -338,6 +338,12 @@ class Trainer:
                 r1, r2, stats = self.verify(traces)
             timings["time/verify_busy"] = stats.seconds
             return traces, r1, r2, stats
+        return self._stream_and_verify(problems, seed, timings)
+
+    def _stream_and_verify(
+        self, problems: list[Problem], seed: int, timings: dict[str, float]
+    ) -> tuple[list[Trace], torch.Tensor, torch.Tensor, VerifyStats]:
+        samples = self.cfg.train.samples_per_prompt
         found: list[Trace | None] = [None] * (len(problems) * samples)
         scoring = self.actors.verifiers.start(2 * len(found))
         with _timed(timings, "time/generate"):
@@ -354,8 +360,7 @@ class Trainer:
         traces = [trace for trace in found if trace is not None]
         if len(traces) != len(found):
             raise RuntimeError(f"rollout returned {len(traces)} of {len(found)} traces")
-        pairs = torch.tensor(rewards, dtype=torch.float32).view(-1, 2)
-        return traces, pairs[:, 0].contiguous(), pairs[:, 1].contiguous(), stats
+        return traces, *_per_attempt(rewards), stats
 
     def _attempt_items(self, index: int, trace: Trace) -> list[tuple[int, tuple[Problem, str]]]:
         """Trace `index`'s two attempts as verifier items at positions 2 * index (+1)."""
@@ -373,8 +378,7 @@ class Trainer:
             for _, item in self._attempt_items(index, trace)
         ]
         rewards, stats = self.actors.verifiers.score(items)
-        pairs = torch.tensor(rewards, dtype=torch.float32).view(-1, 2)
-        return pairs[:, 0].contiguous(), pairs[:, 1].contiguous(), stats
+        return *_per_attempt(rewards), stats
 
     def evaluate(self, tag: str) -> dict[str, float]:
         """Greedy two-attempt evaluation on the held-out split."""
@@ -399,6 +403,12 @@ class Trainer:
             f"i->c {result['delta_i2c']:.3f}  c->i {result['delta_c2i']:.3f}"
         )
         return result
+
+
+def _per_attempt(rewards: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards laid out [r1, r2, r1, r2, ...] (two per trace) -> r1 [N], r2 [N]."""
+    pairs = torch.tensor(rewards, dtype=torch.float32).view(-1, 2)
+    return pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
 
 
 class _timed:
