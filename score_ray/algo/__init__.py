@@ -5,6 +5,7 @@ from score_ray.algo.losses import (
     LossTerms,
     attempt_kl_coefficients,
     kl_per_token,
+    masked_token_logprobs,
     score_loss,
     token_logprobs,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "attempt_rewards",
     "collate_traces",
     "kl_per_token",
+    "masked_token_logprobs",
     "rloo_advantages",
     "score_loss",
     "stage1_rewards",

@@ -23,6 +23,27 @@ def token_logprobs(
     return torch.nn.functional.pad(picked, (1, 0), value=0.0)
 
 
+def masked_token_logprobs(
+    hidden: torch.Tensor,  # [B, T, H] last hidden states for input_ids
+    output_layer: torch.nn.Module,  # H -> V (the LM head)
+    input_ids: torch.Tensor,  # [B, T]
+    mask: torch.Tensor,  # [B, T] 1 on the tokens whose log-prob is needed
+) -> torch.Tensor:  # [B, T]; token_logprobs where mask is 1, 0 elsewhere
+    """`token_logprobs` on the masked tokens only: the output layer and the softmax run on
+    just the K positions that predict them ([K, V] instead of [B, T, V]).
+
+    The loss only needs attempt tokens, and the vocabulary projection with its softmax is a
+    large part of a small model's forward and backward (SmolLM2: V = 49152); prompt, bridge
+    and padding positions are skipped. Only valid for a plain linear head (no logit
+    scaling or soft-capping after it)."""
+    rows, cols = mask[:, 1:].nonzero(as_tuple=True)  # token cols + 1 is predicted at cols
+    logits = output_layer(hidden[rows, cols]).float()  # [K, V]
+    targets = input_ids[rows, cols + 1].unsqueeze(-1)
+    picked = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    out = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)
+    return out.index_put((rows, cols + 1), picked)
+
+
 def kl_per_token(
     logprobs: torch.Tensor,  # [B, T] current policy
     ref_logprobs: torch.Tensor,  # [B, T] frozen reference policy

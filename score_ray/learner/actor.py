@@ -25,6 +25,7 @@ import torch
 from score_ray.algo import (
     TraceBatch,
     attempt_kl_coefficients,
+    masked_token_logprobs,
     score_loss,
     token_logprobs,
 )
@@ -179,8 +180,19 @@ class Learner:
 
     @staticmethod
     def _logprobs(model: Any, batch: TraceBatch) -> torch.Tensor:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return token_logprobs(logits, batch.input_ids)
+        """Log-probs of the attempt tokens; 0 on the others, which the loss masks out."""
+        module = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+        if not _plain_output_layer(module):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            return token_logprobs(logits, batch.input_ids)
+        # The LM head only on positions that predict attempt tokens (masked_token_logprobs).
+        hidden = module.get_decoder()(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).last_hidden_state
+        attempts = batch.attempt1_mask + batch.attempt2_mask
+        return masked_token_logprobs(
+            hidden, module.get_output_embeddings(), batch.input_ids, attempts
+        )
 
     @torch.no_grad()
     def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:
@@ -277,6 +289,21 @@ class Learner:
         generation_config = getattr(module, "generation_config", None)
         if generation_config is not None:
             generation_config.save_pretrained(path)
+
+
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+"""Config fields of HF models that change the logits after the LM head (Gemma 2, Cohere,
+Granite): their logits must come from the model's own forward."""
+
+
+def _plain_output_layer(module: Any) -> bool:
+    """Whether logits = get_output_embeddings()(get_decoder() hidden states) for this model."""
+    config = getattr(module, "config", None)
+    if config is None or not hasattr(module, "get_decoder"):
+        return False
+    if module.get_output_embeddings() is None:
+        return False
+    return not any(getattr(config, key, None) not in (None, 1, 1.0) for key in _LOGIT_TRANSFORMS)
 
 
 def _trim_padding(batch: TraceBatch) -> TraceBatch:

@@ -11,6 +11,7 @@ from score_ray.algo import (
     attempt_rewards,
     collate_traces,
     kl_per_token,
+    masked_token_logprobs,
     rloo_advantages,
     score_loss,
     stage1_rewards,
@@ -141,3 +142,19 @@ def test_score_loss_gradient_is_reinforce():
     )
     terms.loss.backward()
     assert logp.grad.tolist() == [[0.0, -0.75, 0.5]]
+
+
+def test_masked_token_logprobs_match_full_logprobs_on_the_mask():
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 6, 8, requires_grad=True)
+    head = torch.nn.Linear(8, 11, bias=False)
+    input_ids = torch.randint(0, 11, (2, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 0, 0], [0, 1, 0, 0, 1, 1]], dtype=torch.float32)
+    full = token_logprobs(head(hidden), input_ids) * mask
+    masked = masked_token_logprobs(hidden, head, input_ids, mask)
+    assert torch.allclose(masked, full, atol=1e-6)
+    # the same gradient reaches the hidden states and the head
+    (grad_full,) = torch.autograd.grad(full.sum(), hidden)
+    (grad_masked,) = torch.autograd.grad(masked.sum(), hidden)
+    assert torch.allclose(grad_masked, grad_full, atol=1e-6)
+    assert grad_masked[0, 4:].abs().sum() == 0  # positions predicting no masked token
