@@ -124,6 +124,9 @@ def measure(runs: dict[str, Any], rounds: int, problems, samples) -> dict[str, d
             start = time.perf_counter()
             last[name] = run(problems, samples, seed)
             elapsed = time.perf_counter() - start
+            print(
+                f"round {index} {name}: {last[name]['tokens'] / elapsed:.1f} tokens/s", flush=True
+            )
             if index:
                 seconds[name].append(last[name]["tokens"] / elapsed)
     return {
