@@ -38,7 +38,7 @@ def init_ray(num_cpus: int = 4) -> None:
     import ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def machine() -> dict[str, Any]:

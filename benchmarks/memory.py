@@ -85,9 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--prompts", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "bench_memory")
     args = parser.parse_args()
 

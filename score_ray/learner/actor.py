@@ -182,7 +182,11 @@ class Learner:
     def _logprobs(model: Any, batch: TraceBatch) -> torch.Tensor:
         """Log-probs of the attempt tokens; 0 on the others, which the loss masks out."""
         module = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
-        if not _plain_output_layer(module):
+        # ZeRO-3 gathers and releases parameters in hooks that expect the engine's own
+        # forward (measured: calling the decoder and a tied head apart gave a wrong
+        # gradient norm with 2 ranks), so it keeps the full-logits path.
+        zero3 = model is not module and model.zero_optimization_stage() == 3
+        if zero3 or not _plain_output_layer(module):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             return token_logprobs(logits, batch.input_ids)
         # The LM head only on positions that predict attempt tokens (masked_token_logprobs).
