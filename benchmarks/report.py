@@ -132,6 +132,7 @@ def main() -> None:
                 "step s",
                 "traces/s",
                 "x naive",
+                "generation x naive",
                 "generate",
                 "verify",
                 "learn",

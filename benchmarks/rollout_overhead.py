@@ -193,6 +193,7 @@ def main() -> None:
         run["ratio_to_raw"] = run["tokens_per_s"] / base
     data = {
         "block_size": block or "vllm default (128 on CPU)",
+        "rollout_dtype": cfg.rollout.dtype,
         "problems": args.problems,
         "samples_per_prompt": args.samples,
         "max_new_tokens": args.max_new_tokens,

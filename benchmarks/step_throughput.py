@@ -266,6 +266,7 @@ def main() -> None:
     header = ["run", "step s", "traces/s", "x naive", *(f"{p} %" for p in PHASES)]
     print(table(header, rows))
     data = {
+        "rollout_dtype": cfg.rollout.dtype,
         "traces_per_step": traces,
         "prompts_per_step": args.prompts,
         "samples_per_prompt": args.samples,
