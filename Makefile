@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 EXTRA ?= cpu
 
-.PHONY: install demo ablations test test-unit test-integration lint format clean
+.PHONY: install demo ablations test test-unit test-integration lint format bench clean
 
 install: $(STAMP)
 
@@ -46,6 +46,17 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
+
+# Benchmarks (benchmarks/*.py): tables on stdout, JSON in benchmarks/results/. The tiny model
+# by default; BENCH_MODEL=smollm2-135m-instruct for the 135M numbers (~15-20 min on 2 cores).
+BENCH_MODEL ?= tiny-llama
+BENCH_MEMORY_STEPS ?= 50
+
+bench: $(STAMP)
+	$(PY) benchmarks/rollout_overhead.py --model $(BENCH_MODEL)
+	$(PY) benchmarks/step_throughput.py --model $(BENCH_MODEL)
+	$(PY) benchmarks/weight_sync.py --model $(BENCH_MODEL)
+	$(PY) benchmarks/memory.py --model $(BENCH_MODEL) --steps $(BENCH_MEMORY_STEPS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check score_ray tests benchmarks

@@ -141,6 +141,14 @@ class RolloutConfig:
     nodes that advertise that resource."""
     threads: int = 0
     """Torch threads for the engine (0: all cores of the node)."""
+    block_size: int = 0
+    """KV-cache block size in tokens (0: vLLM's default, 128 on CPU). Prefix caching
+    reuses whole blocks only, so attempt 2 reuses attempt 1's KV up to the last full
+    block of x1 + y1: smaller blocks reuse more of it (CPU wants multiples of 32)."""
+    stream_verify: bool = True
+    """Score each trace as soon as it is finished, while the engines go on generating
+    (attempt 2 of a sample starts as soon as its attempt 1 ends). False: generate the
+    whole batch (all attempts 1, then all attempts 2), then verify it."""
     colocate_with_learner: bool = False
     """GPU only: rollout actor i shares learner rank i's GPU (one placement bundle; needs
     num_workers = learner.world_size, tensor_parallel_size 1, num_gpus + learner.num_gpus <= 1).

@@ -4,6 +4,11 @@ Each step reads top to bottom:
 
     generate -> verify -> rewards and advantages -> learn -> sync weights -> log
 
+Generation and verification overlap (`rollout.stream_verify`): each finished
+trace goes to the verifier pool while the engines are still generating, so the
+step times both in one phase; `time/verify` is what verification adds after
+the last trace arrived.
+
 Heavy work happens in actors (RolloutGroup, VerifierPool, LearnerGroup); the
 driver moves traces, rewards and weight handles between them and does the
 cheap math of `score_ray.algo` itself.
@@ -266,16 +271,9 @@ class Trainer:
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
-        # generate: S two-attempt traces per prompt
+        # generate and verify: S two-attempt traces per prompt, a binary reward per attempt
         problems = self.sampler.next_batch(cfg.train.prompts_per_step)
-        with _timed(timings, "time/generate"):
-            traces = self.actors.rollout.generate(
-                problems, cfg.train.samples_per_prompt, greedy=False, seed=seed
-            )
-
-        # verify: binary reward per attempt
-        with _timed(timings, "time/verify"):
-            r1, r2, verify_stats = self.verify(traces)
+        traces, r1, r2, verify_stats = self.generate_and_verify(problems, seed, timings)
 
         # rewards and advantages (Stage I / II rewards, RLOO per prompt)
         reward1, reward2 = attempt_rewards(
@@ -322,15 +320,65 @@ class Trainer:
         self.metrics.log(record, self.global_step)
         return record
 
+    def generate_and_verify(
+        self, problems: list[Problem], seed: int, timings: dict[str, float]
+    ) -> tuple[list[Trace], torch.Tensor, torch.Tensor, VerifyStats]:
+        """Sample S traces per problem and score both attempts; returns traces, r1 [N], r2 [N].
+
+        Streamed (`rollout.stream_verify`): each trace is submitted to the verifier pool as
+        soon as its worker yields it. Timings: `time/generate` until the last trace
+        arrived, `time/verify` the wait for rewards after that (what verification adds to
+        the step), `time/verify_busy` the wall time verifiers were working.
+        """
+        samples = self.cfg.train.samples_per_prompt
+        if not self.cfg.rollout.stream_verify:
+            with _timed(timings, "time/generate"):
+                traces = self.actors.rollout.generate(problems, samples, greedy=False, seed=seed)
+            with _timed(timings, "time/verify"):
+                r1, r2, stats = self.verify(traces)
+            timings["time/verify_busy"] = stats.seconds
+            return traces, r1, r2, stats
+        return self._stream_and_verify(problems, seed, timings)
+
+    def _stream_and_verify(
+        self, problems: list[Problem], seed: int, timings: dict[str, float]
+    ) -> tuple[list[Trace], torch.Tensor, torch.Tensor, VerifyStats]:
+        samples = self.cfg.train.samples_per_prompt
+        found: list[Trace | None] = [None] * (len(problems) * samples)
+        scoring = self.actors.verifiers.start(2 * len(found))
+        with _timed(timings, "time/generate"):
+            for chunk in self.actors.rollout.stream(problems, samples, greedy=False, seed=seed):
+                for index, trace in chunk:
+                    found[index] = trace
+                scoring.submit(
+                    [item for index, trace in chunk for item in self._attempt_items(index, trace)]
+                )
+                scoring.poll()
+        with _timed(timings, "time/verify"):
+            rewards, stats = scoring.finish()
+        timings["time/verify_busy"] = stats.seconds
+        traces = [trace for trace in found if trace is not None]
+        if len(traces) != len(found):
+            raise RuntimeError(f"rollout returned {len(traces)} of {len(found)} traces")
+        return traces, *_per_attempt(rewards), stats
+
+    def _attempt_items(self, index: int, trace: Trace) -> list[tuple[int, tuple[Problem, str]]]:
+        """Trace `index`'s two attempts as verifier items at positions 2 * index (+1)."""
+        problem = self.problems[trace.problem_uid]
+        return [
+            (2 * index, (problem, trace.attempt1_text)),
+            (2 * index + 1, (problem, trace.attempt2_text)),
+        ]
+
     def verify(self, traces: list[Trace]) -> tuple[torch.Tensor, torch.Tensor, VerifyStats]:
         """Score both attempts of every trace; returns r1 [N], r2 [N]."""
-        items = []
-        for trace in traces:
-            problem = self.problems[trace.problem_uid]
-            items += [(problem, trace.attempt1_text), (problem, trace.attempt2_text)]
+        items = [
+            item
+            for index, trace in enumerate(traces)
+            for _, item in self._attempt_items(index, trace)
+        ]
         rewards, stats = self.actors.verifiers.score(items)
-        pairs = torch.tensor(rewards, dtype=torch.float32).view(-1, 2)
-        return pairs[:, 0].contiguous(), pairs[:, 1].contiguous(), stats
+        return *_per_attempt(rewards), stats
 
     def evaluate(self, tag: str) -> dict[str, float]:
         """Greedy two-attempt evaluation on the held-out split."""
@@ -355,6 +403,12 @@ class Trainer:
             f"i->c {result['delta_i2c']:.3f}  c->i {result['delta_c2i']:.3f}"
         )
         return result
+
+
+def _per_attempt(rewards: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards laid out [r1, r2, r1, r2, ...] (two per trace) -> r1 [N], r2 [N]."""
+    pairs = torch.tensor(rewards, dtype=torch.float32).view(-1, 2)
+    return pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
 
 
 class _timed:

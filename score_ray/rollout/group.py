@@ -10,7 +10,7 @@ colocated worker shares its GPU with a learner rank.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -55,6 +55,60 @@ class RolloutGroup:
             only=[i for i, chunk in enumerate(chunks) if chunk],
         )
         return [trace for traces in results for trace in traces]
+
+    def stream(
+        self,
+        problems: list[Problem],
+        samples_per_prompt: int,
+        greedy: bool,
+        seed: int,
+        idle_s: float = 0.05,
+    ) -> Iterator[list[tuple[int, Trace]]]:
+        """The traces of `generate` as they finish, as lists of (index in `generate`'s
+        output, trace); an empty list after `idle_s` without news, so that the caller
+        can tend other work (the verifier pool) while the engines run.
+
+        Same split and seeds as `generate` (RolloutWorker.generate_stream). A dead worker
+        is replaced and its call restarted on the replacement; its traces that were
+        already yielded are kept and not yielded again.
+        """
+        chunks = _split(problems, len(self.workers))
+        offsets = [0]
+        for chunk in chunks[:-1]:
+            offsets.append(offsets[-1] + len(chunk) * samples_per_prompt)
+
+        def start(index: int) -> Any:
+            worker = self.workers[index]
+            return worker.generate_stream.options(num_returns="streaming").remote(
+                chunks[index], samples_per_prompt, greedy, seed + index
+            )
+
+        streams = {start(i): i for i, chunk in enumerate(chunks) if chunk}
+        delivered: set[int] = set()
+        while streams:
+            ready, _ = ray.wait(list(streams), num_returns=1, timeout=idle_s)
+            if not ready:
+                yield []
+                continue
+            stream = ready[0]
+            index = streams.pop(stream)
+            try:
+                part = ray.get(next(stream))
+            except StopIteration:
+                continue  # this worker is done
+            except RayActorError:
+                self._replace(index)
+                streams[start(index)] = index
+                continue
+            streams[stream] = index
+            found = [(offsets[index] + i, trace) for i, trace in part]
+            fresh = [(i, trace) for i, trace in found if i not in delivered]
+            delivered.update(i for i, _ in fresh)
+            yield fresh
+
+    def cache_stats(self) -> list[dict[str, dict[str, int]]]:
+        """Each worker's prompt tokens and prefix-cache hits per attempt (since start)."""
+        return self._on_each(lambda _, worker: worker.cache_stats.remote())
 
     def continue_attempt(
         self, prompt_ids: list[list[int]], greedy: bool, seed: int

@@ -2,6 +2,8 @@
 
 API (all the driver needs):
     generate(problems, samples_per_prompt, greedy, seed) -> list[Trace]
+    generate_stream(problems, samples_per_prompt, greedy, seed)
+                                  -> yields list[(index, Trace)] (a Ray streaming generator)
     sequence_logprobs(token_id_lists)                    -> list[list[float]]
     update_weights(handle)                               -> int (new version)
     weight_version()                                     -> int
@@ -9,8 +11,13 @@ API (all the driver needs):
     sleep() / wake_up()                                  colocated: free the GPU for the learner
     continue_attempt(prompt_ids, greedy, seed)           -> list[(ids, text)] (K-attempt eval)
 
-All first attempts are generated in one batch, then every second-attempt
-prompt (x1 + y1 + bridge, spliced as token ids) in a second batch. Every
+`generate` runs all first attempts in one batch, then every second-attempt
+prompt (x1 + y1 + bridge, spliced as token ids) in a second batch.
+`generate_stream` drives the engine step by step instead: each sample is its
+own request, its attempt 2 joins the running batch as soon as its attempt 1
+finishes (continuous batching; x1 + y1 is still in the prefix cache), and
+finished traces are yielded at once, so the driver can score them while the
+engine goes on. Both use the same per-request seeds. Every
 trace is tagged with the weight version that produced it; `update_weights`
 only accepts a version newer than the one it holds, so a rollout worker can
 never silently go back to stale weights or apply a duplicate. (Versions
@@ -19,7 +26,9 @@ usually rise by one; a fresh or replacement worker jumps to the newest.)
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from score_ray.algo.traces import Trace
@@ -63,6 +72,8 @@ def engine_kwargs(cfg: Config, model_path: str, worker_index: int) -> dict[str, 
         worker_extension_cls="score_ray.rollout.vllm_extension.WeightReceiverExtension",
         enable_prefix_caching=True,
     )
+    if cfg.rollout.block_size:
+        kwargs["block_size"] = cfg.rollout.block_size
     backend = VLLM_BACKENDS.get(choose_transport(cfg))
     if backend:
         kwargs["weight_transfer_config"] = {"backend": backend}
@@ -87,6 +98,9 @@ class RolloutWorker:
         self.transport = make_transport(choose_transport(cfg), cfg.sync.bucket_mb * MIB)
         self._version = 0
         self._asleep = False
+        self._calls = itertools.count()
+        self._cache = {"attempt1": [0, 0], "attempt2": [0, 0]}
+        """Per attempt: [prompt tokens, of which prefix-cache hits] since start."""
 
     def ready(self) -> bool:
         return True
@@ -104,42 +118,101 @@ class RolloutWorker:
     ) -> list[Trace]:
         """Two attempts for each (problem, sample): S traces per problem, grouped by problem."""
         first_prompts = [self.prompts.first_prompt_ids(p.question) for p in problems]
-        first = self._sample(first_prompts, samples_per_prompt, greedy, seed)
+        first = self._sample(first_prompts, samples_per_prompt, greedy, seed, "attempt1")
         second_prompts, rows = [], []
         for problem, prompt_ids, outputs in zip(problems, first_prompts, first, strict=True):
             for ids, logprobs, text in outputs:
                 bridge = self.prompts.bridge_ids(ids)
                 second_prompts.append(prompt_ids + ids + bridge)
                 rows.append((problem, prompt_ids, ids, logprobs, text, bridge))
-        second = self._sample(second_prompts, 1, greedy, seed + 1)
-        traces = []
-        for (problem, prompt_ids, ids1, lp1, text1, bridge), outputs in zip(
-            rows, second, strict=True
-        ):
-            ids2, lp2, text2 = outputs[0]
-            traces.append(
-                Trace(
-                    problem_uid=problem.uid,
-                    prompt_ids=prompt_ids,
-                    attempt1_ids=ids1,
-                    bridge_ids=bridge,
-                    attempt2_ids=ids2,
-                    attempt1_text=text1,
-                    attempt2_text=text2,
-                    attempt1_logprobs=lp1,
-                    attempt2_logprobs=lp2,
-                    weight_version=self._version,
-                )
+        second = self._sample(second_prompts, 1, greedy, seed + 1, "attempt2")
+        return [
+            self._trace(problem, prompt_ids, (ids1, lp1, text1), bridge, outputs[0])
+            for (problem, prompt_ids, ids1, lp1, text1, bridge), outputs in zip(
+                rows, second, strict=True
             )
-        return traces
+        ]
 
-    def _sample(
-        self, prompt_ids: list[list[int]], n: int, greedy: bool, seed: int
-    ) -> list[list[tuple[list[int], list[float], str]]]:
-        """For each prompt, n completions as (token ids, sampled-token log-probs, text)."""
-        from vllm import SamplingParams, TokensPrompt
+    def generate_stream(
+        self, problems: list[Problem], samples_per_prompt: int, greedy: bool, seed: int
+    ) -> Iterator[list[tuple[int, Trace]]]:
+        """The traces of `generate`, yielded as they finish: lists of (index, trace), where
+        index = problem * S + sample is the trace's place in `generate`'s output.
 
-        params = SamplingParams(
+        Call it as a Ray streaming generator (`.options(num_returns="streaming")`). Seeds
+        match `generate`: attempt 1 of sample j uses seed + j (as vLLM's n > 1 fan-out
+        does), attempt 2 uses seed + 1. The engine is stepped in this process, so the
+        batch composition, and with it the output, does not depend on timing.
+        """
+        engine = self.llm.llm_engine
+        call = next(self._calls)
+        first_prompts = [self.prompts.first_prompt_ids(p.question) for p in problems]
+        pending: dict[str, int] = {}  # request id -> trace index
+        attempt1: dict[int, tuple[tuple[list[int], list[float], str], list[int]]] = {}
+        for index in range(len(problems) * samples_per_prompt):
+            problem, sample = divmod(index, samples_per_prompt)
+            request_id = f"score-ray-{call}-a1-{index}"
+            self._add_request(engine, request_id, first_prompts[problem], greedy, seed + sample)
+            pending[request_id] = index
+        while engine.has_unfinished_requests():
+            finished = []
+            for output in engine.step():
+                if not output.finished:
+                    continue
+                index = pending.pop(output.request_id)
+                problem = index // samples_per_prompt
+                prompt_ids = first_prompts[problem]
+                completion = _completion(output.outputs[0])
+                if index not in attempt1:  # attempt 1 done: queue attempt 2 at once
+                    self._count("attempt1", output)
+                    bridge = self.prompts.bridge_ids(completion[0])
+                    attempt1[index] = (completion, bridge)
+                    request_id = f"score-ray-{call}-a2-{index}"
+                    second_prompt = prompt_ids + completion[0] + bridge
+                    self._add_request(engine, request_id, second_prompt, greedy, seed + 1)
+                    pending[request_id] = index
+                else:
+                    self._count("attempt2", output)
+                    first, bridge = attempt1.pop(index)
+                    trace = self._trace(problems[problem], prompt_ids, first, bridge, completion)
+                    finished.append((index, trace))
+            if finished:
+                yield finished
+
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        """Prompt tokens and prefix-cache hits per attempt since the engine started
+        (attempt 2's prompt x1 + y1 + bridge should mostly hit the cache)."""
+        return {
+            attempt: {"prompt_tokens": tokens, "cached_tokens": cached}
+            for attempt, (tokens, cached) in self._cache.items()
+        }
+
+    def _trace(
+        self,
+        problem: Problem,
+        prompt_ids: list[int],
+        first: tuple[list[int], list[float], str],
+        bridge: list[int],
+        second: tuple[list[int], list[float], str],
+    ) -> Trace:
+        (ids1, lp1, text1), (ids2, lp2, text2) = first, second
+        return Trace(
+            problem_uid=problem.uid,
+            prompt_ids=prompt_ids,
+            attempt1_ids=ids1,
+            bridge_ids=bridge,
+            attempt2_ids=ids2,
+            attempt1_text=text1,
+            attempt2_text=text2,
+            attempt1_logprobs=lp1,
+            attempt2_logprobs=lp2,
+            weight_version=self._version,
+        )
+
+    def _params(self, n: int, greedy: bool, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
             n=n,
             temperature=0.0 if greedy else self.cfg.rollout.temperature,
             top_p=1.0 if greedy else self.cfg.rollout.top_p,
@@ -148,8 +221,39 @@ class RolloutWorker:
             seed=seed,
             stop_token_ids=sorted(self.prompts.stop_token_ids),
         )
+
+    def _add_request(
+        self, engine: Any, request_id: str, prompt_ids: list[int], greedy: bool, seed: int
+    ) -> None:
+        from vllm import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._params(1, greedy, seed)
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate does
+        engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
+
+    def _count(self, attempt: str, result: Any) -> None:
+        counts = self._cache[attempt]
+        counts[0] += len(result.prompt_token_ids or [])
+        counts[1] += result.num_cached_tokens or 0
+
+    def _sample(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        greedy: bool,
+        seed: int,
+        attempt: str | None = None,
+    ) -> list[list[tuple[list[int], list[float], str]]]:
+        """For each prompt, n completions as (token ids, sampled-token log-probs, text);
+        prefix-cache hits are counted under `attempt` when given."""
+        from vllm import TokensPrompt
+
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
-        results = self.llm.generate(requests, params, use_tqdm=False)
+        results = self.llm.generate(requests, self._params(n, greedy, seed), use_tqdm=False)
+        if attempt is not None:
+            for result in results:
+                self._count(attempt, result)
         return [[_completion(out) for out in result.outputs] for result in results]
 
     def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:

@@ -137,21 +137,14 @@ class VerifierPool:
 
     def score(self, items: list[tuple[Problem, str]]) -> tuple[list[float], VerifyStats]:
         """Rewards (0 or 1) for each (problem, completion), in order, plus fault counts."""
-        started = time.perf_counter()
-        rewards = [0.0] * len(items)
-        stats = VerifyStats()
-        queue: deque[tuple[int, int]] = deque((i, 1) for i in range(len(items)))
-        inflight: dict[ray.ObjectRef, _InFlight] = {}
-        while queue or inflight:
-            self._fill(items, queue, inflight, stats)
-            waiting = list(inflight) + [s.starting for s in self.slots if s.starting is not None]
-            ready, _ = ray.wait(waiting, num_returns=1, timeout=_POLL_S)
-            for ref in ready:
-                if ref in inflight:
-                    self._collect(ref, inflight, rewards, queue, stats)
-            self._expire(inflight, stats)
-        stats.seconds = time.perf_counter() - started
-        return rewards, stats
+        scoring = self.start(len(items))
+        scoring.submit(list(enumerate(items)))
+        return scoring.finish()
+
+    def start(self, size: int) -> Scoring:
+        """A scoring round of `size` items that may arrive a few at a time
+        (`Scoring.submit`), so verification overlaps whatever produces them."""
+        return Scoring(self, size)
 
     def _fill(self, items, queue, inflight, stats) -> None:
         for index, slot in enumerate(self.slots):
@@ -210,3 +203,52 @@ class VerifierPool:
     def shutdown(self) -> None:
         for slot in self.slots:
             ray.kill(slot.actor)
+
+
+class Scoring:
+    """One round of `VerifierPool` work: items are submitted by position as they become
+    available, scored while more arrive (`poll`), and collected with `finish`."""
+
+    def __init__(self, pool: VerifierPool, size: int) -> None:
+        self.pool = pool
+        self.items: list[tuple[Problem, str] | None] = [None] * size
+        self.rewards = [0.0] * size
+        self.stats = VerifyStats()
+        self.queue: deque[tuple[int, int]] = deque()
+        self.inflight: dict[ray.ObjectRef, _InFlight] = {}
+        self.busy_s = 0.0
+        """Wall time during which some item was queued or being scored."""
+        self._busy_since: float | None = None
+
+    def submit(self, items: list[tuple[int, tuple[Problem, str]]]) -> None:
+        """Queue (position, (problem, completion)) items and hand them to idle verifiers."""
+        for position, item in items:
+            self.items[position] = item
+            self.queue.append((position, 1))
+        self.poll(timeout=0.0)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Start queued items on idle verifiers, collect finished ones, expire late ones;
+        waits up to `timeout` for one to finish."""
+        pool, stats = self.pool, self.stats
+        pool._fill(self.items, self.queue, self.inflight, stats)
+        if self._busy_since is None and (self.queue or self.inflight):
+            self._busy_since = time.perf_counter()
+        waiting = list(self.inflight) + [s.starting for s in pool.slots if s.starting is not None]
+        if waiting:
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
+            for ref in ready:
+                if ref in self.inflight:
+                    pool._collect(ref, self.inflight, self.rewards, self.queue, stats)
+        pool._expire(self.inflight, stats)
+        pool._fill(self.items, self.queue, self.inflight, stats)
+        if self._busy_since is not None and not (self.queue or self.inflight):
+            self.busy_s += time.perf_counter() - self._busy_since
+            self._busy_since = None
+
+    def finish(self) -> tuple[list[float], VerifyStats]:
+        """Wait for every submitted item; rewards in position order, plus fault counts."""
+        while self.queue or self.inflight:
+            self.poll(timeout=_POLL_S)
+        self.stats.seconds = self.busy_s
+        return self.rewards, self.stats

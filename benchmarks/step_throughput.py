@@ -1,0 +1,282 @@
+"""End-to-end step throughput and step-time breakdown: score-ray against a naive
+single-process SCoRe, and streamed against batch verification.
+
+score-ray: the real Trainer and actors (RolloutGroup, VerifierPool, LearnerGroup, weight
+sync), one `Trainer.step` at a time, in two modes that alternate step by step:
+
+    stream   rollout.stream_verify=true: each trace is scored as soon as it is finished
+    batch    rollout.stream_verify=false: generate the whole batch, then verify it
+
+naive: what public SCoRe reimplementations do, written here in one process: HF `generate` for
+both attempts (prompts from score_ray.prompts.PromptBuilder), the same scorer
+(score_ray.verify.scorers.score_completion) called in-process, and a plain torch AdamW step on
+the same loss (score_ray.algo: attempt_rewards, rloo_advantages, collate_traces, score_loss),
+the same batch, micro-batches and KL reference. Its steps alternate with score-ray's (the
+order rotates from round to round).
+
+Reported per mode (totals over the timed steps, after one warm-up step each): traces trained
+per second, and the share of the step spent in generate / verify / learn / sync. `verify` is
+the time verification adds to the step: all of it in batch mode, only the wait after the
+last trace arrived in stream mode (`verify busy` is the verifiers' wall time, overlapped).
+
+    .venv/bin/python benchmarks/step_throughput.py --model tiny-llama
+    .venv/bin/python benchmarks/step_throughput.py --model smollm2-135m-instruct --steps 2
+
+Writes benchmarks/results/step_throughput-<model>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_common import MODELS, ROOT, bench_config, init_ray, table, write_result
+
+from score_ray.algo import (
+    Trace,
+    attempt_kl_coefficients,
+    attempt_rewards,
+    collate_traces,
+    rloo_advantages,
+    score_loss,
+    token_logprobs,
+)
+from score_ray.cli import prepare_inputs
+from score_ray.config import Config
+from score_ray.models import load_tokenizer
+from score_ray.prompts import PromptBuilder
+from score_ray.tasks.base import Problem
+from score_ray.trainer import ProblemSampler, Trainer
+from score_ray.verify.scorers import score_completion
+
+PHASES = ("generate", "verify", "learn", "sync")
+STAGE = 1
+
+
+class NaiveScore:
+    """Single-process SCoRe: HF generate, in-process scoring, a plain torch update."""
+
+    def __init__(self, cfg: Config, model_path: str, train: list[Problem]) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.cfg = cfg
+        dtype = getattr(torch, cfg.model.dtype)
+        self.policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
+        self.reference.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(),
+            lr=cfg.learner.lr,
+            betas=(cfg.learner.adam_beta1, cfg.learner.adam_beta2),
+            weight_decay=cfg.learner.weight_decay,
+        )
+        self.tokenizer = load_tokenizer(model_path)
+        self.prompts = PromptBuilder(self.tokenizer, cfg.prompts)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.sampler = ProblemSampler(train, cfg.train.seed)
+
+    @torch.no_grad()
+    def sample(self, prompts: list[list[int]], n: int) -> list[list[int]]:
+        """n completions per prompt (HF generate on a left-padded batch), each cut after
+        its first stop token, as vLLM returns them."""
+        longest = max(len(ids) for ids in prompts)
+        input_ids = torch.tensor([[self.pad_id] * (longest - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+        self.policy.eval()
+        out = self.policy.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=self.cfg.rollout.temperature,
+            top_p=self.cfg.rollout.top_p,
+            max_new_tokens=self.cfg.rollout.max_new_tokens,
+            num_return_sequences=n,
+            eos_token_id=sorted(self.prompts.stop_token_ids),
+            pad_token_id=self.pad_id,
+        )
+        completions = []
+        for row in out[:, longest:].tolist():
+            stop = next((i for i, t in enumerate(row) if t in self.prompts.stop_token_ids), None)
+            completions.append(row if stop is None else row[: stop + 1])
+        return completions
+
+    def step(self, seed: int) -> dict[str, float]:
+        cfg, timings = self.cfg, {}
+        samples = cfg.train.samples_per_prompt
+        torch.manual_seed(seed)
+        started = time.perf_counter()
+        problems = self.sampler.next_batch(cfg.train.prompts_per_step)
+        first = [self.prompts.first_prompt_ids(p.question) for p in problems]
+        y1 = self.sample(first, samples)
+        x1 = [first[i // samples] for i in range(len(y1))]
+        bridges = [self.prompts.bridge_ids(ids) for ids in y1]
+        y2 = self.sample([x + y + b for x, y, b in zip(x1, y1, bridges, strict=True)], 1)
+        decode = self.tokenizer.decode
+        traces = [
+            Trace(
+                problems[i // samples].uid,
+                x1[i],
+                y1[i],
+                bridges[i],
+                y2[i],
+                decode(y1[i], skip_special_tokens=True),
+                decode(y2[i], skip_special_tokens=True),
+            )
+            for i in range(len(y1))
+        ]
+        timings["generate"] = time.perf_counter() - started
+
+        mark = time.perf_counter()
+        scores = [
+            score_completion(problems[i // samples], text, cfg.prompts.answer_format)
+            for i, trace in enumerate(traces)
+            for text in (trace.attempt1_text, trace.attempt2_text)
+        ]
+        pairs = torch.tensor(scores).view(-1, 2)
+        timings["verify"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        reward1, reward2 = attempt_rewards(
+            STAGE, pairs[:, 0], pairs[:, 1], cfg.algo.alpha, cfg.algo.stage1_train_attempt1
+        )
+        groups = (cfg.train.prompts_per_step, samples)
+        advantage1 = rloo_advantages(reward1.view(groups)).flatten()
+        advantage2 = rloo_advantages(reward2.view(groups)).flatten()
+        self.learn(collate_traces(traces, self.pad_id), advantage1, advantage2)
+        timings["learn"] = time.perf_counter() - mark
+        timings["sync"] = 0.0  # one process, one copy of the weights
+        timings["step"] = time.perf_counter() - started
+        return timings
+
+    def learn(self, batch: Any, advantage1: torch.Tensor, advantage2: torch.Tensor) -> None:
+        """One AdamW step over micro-batches (gradient accumulation), as the Learner does."""
+        cfg = self.cfg
+        kl_coef1, kl_coef2 = attempt_kl_coefficients(STAGE, cfg.algo.beta1, cfg.algo.beta2)
+        micro = cfg.learner.micro_batch_size
+        num_micro = len(batch) // micro
+        self.policy.train()
+        self.optimizer.zero_grad()
+        for start in range(0, len(batch), micro):
+            piece = batch.slice(start, start + micro)
+            logits = self.policy(input_ids=piece.input_ids, attention_mask=piece.attention_mask)
+            with torch.no_grad():
+                ref = self.reference(input_ids=piece.input_ids, attention_mask=piece.attention_mask)
+            terms = score_loss(
+                token_logprobs(logits.logits, piece.input_ids),
+                token_logprobs(ref.logits, piece.input_ids),
+                piece.attempt1_mask,
+                piece.attempt2_mask,
+                advantage1[start : start + micro],
+                advantage2[start : start + micro],
+                kl_coef1,
+                kl_coef2,
+                token_normalizer=float(cfg.rollout.max_new_tokens),
+                kl_estimator=cfg.algo.kl_estimator,
+            )
+            (terms.loss / num_micro).backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.learner.grad_clip)
+        self.optimizer.step()
+
+
+def score_ray_step(trainer: Trainer, stream: bool) -> dict[str, float]:
+    trainer.cfg.rollout.stream_verify = stream
+    record = trainer.step(STAGE)
+    timings = {phase: record[f"time/{phase}"] for phase in PHASES}
+    timings["verify_busy"] = record["time/verify_busy"]
+    timings["step"] = record["time/step"]
+    return timings
+
+
+def summarize(steps: list[dict[str, float]], traces_per_step: int) -> dict[str, Any]:
+    """Totals over the timed steps: traces per second and each phase's share of step time."""
+    total = sum(s["step"] for s in steps)
+    summary: dict[str, Any] = {
+        "step_s_mean": total / len(steps),
+        "traces_per_s": traces_per_step * len(steps) / total,
+        "steps": steps,
+    }
+    for phase in (*PHASES, "verify_busy"):
+        if phase in steps[0]:
+            summary[f"{phase}_s_mean"] = sum(s[phase] for s in steps) / len(steps)
+            summary[f"{phase}_share"] = sum(s[phase] for s in steps) / total
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, default="tiny-llama")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per mode")
+    parser.add_argument("--prompts", type=int, default=4, help="train.prompts_per_step")
+    parser.add_argument("--samples", type=int, default=4, help="train.samples_per_prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "bench_step")
+    args = parser.parse_args()
+
+    cfg = bench_config(
+        args.model,
+        f"train.prompts_per_step={args.prompts}",
+        f"train.samples_per_prompt={args.samples}",
+        f"rollout.max_new_tokens={args.max_new_tokens}",
+        "model.max_model_len=1024",
+        f"train.stage1_steps={2 * (args.steps + 1)}",
+        "train.stage2_steps=0",
+        "train.checkpoint_every=0",
+        "verifier.num_workers=2",
+        f"output_dir={args.out_dir}",
+    )
+    shutil.rmtree(args.out_dir, ignore_errors=True)  # the Trainer appends to metrics.jsonl
+    model_path, train, held_out = prepare_inputs(cfg)
+    init_ray()
+    trainer = Trainer(cfg, model_path, train, held_out)
+    naive = NaiveScore(cfg, model_path, train)
+    modes: dict[str, list[dict[str, float]]] = {"stream": [], "batch": [], "naive": []}
+    for index in range(args.steps + 1):  # step 0 of each mode is its warm-up
+        # Rotate the order, so that no mode always follows the same one (a naive step
+        # leaves this process's caches and threads in another state than an actor step).
+        order = list(modes)[index % 3 :] + list(modes)[: index % 3]
+        for mode in order:
+            if mode == "naive":
+                timings = naive.step(seed=index)
+            else:
+                timings = score_ray_step(trainer, stream=mode == "stream")
+            print(f"step {index} {mode}: {timings['step']:.2f} s", flush=True)
+            if index:
+                modes[mode].append(timings)
+    trainer.actors.shutdown()
+
+    traces = cfg.train.traces_per_step
+    summaries = {mode: summarize(steps, traces) for mode, steps in modes.items()}
+    naive_rate = summaries["naive"]["traces_per_s"]
+    for summary in summaries.values():
+        summary["speedup_vs_naive"] = summary["traces_per_s"] / naive_rate
+    rows = [
+        [
+            {"stream": "score-ray stream", "batch": "score-ray batch", "naive": "naive"}[mode],
+            s["step_s_mean"],
+            s["traces_per_s"],
+            s["speedup_vs_naive"],
+            *(f"{100 * s[f'{phase}_share']:.1f}%" for phase in PHASES),
+        ]
+        for mode, s in summaries.items()
+    ]
+    header = ["run", "step s", "traces/s", "x naive", *(f"{p} %" for p in PHASES)]
+    print(table(header, rows))
+    data = {
+        "rollout_dtype": cfg.rollout.dtype,
+        "traces_per_step": traces,
+        "prompts_per_step": args.prompts,
+        "samples_per_prompt": args.samples,
+        "max_new_tokens": args.max_new_tokens,
+        "timed_steps_per_mode": args.steps,
+        "targets": {"speedup_vs_naive": 3.0, "verify_share": 0.05},
+        "modes": summaries,
+    }
+    print(f"wrote {write_result('step_throughput', args.model, data)}")
+
+
+if __name__ == "__main__":
+    main()
