@@ -174,7 +174,9 @@ def test_cpu_limit_kills_even_with_a_long_wall_timeout():
     started = time.monotonic()
     result = run("while True:\n    pass\n", timeout_s=30.0, cpu_s=1)
     assert_fails(result)
-    assert not result.timed_out and time.monotonic() - started < 5.0
+    # Killed by the 1 s CPU limit, not by the 30 s wall clock (a loaded machine stretches
+    # 1 CPU second over several wall seconds, so only the wall deadline is the bound).
+    assert not result.timed_out and time.monotonic() - started < 25.0
 
 
 def test_naive_fork_bomb_scores_zero():

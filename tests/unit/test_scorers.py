@@ -78,10 +78,12 @@ def test_unknown_answer_format_raises():
 
 @pytest.mark.parametrize("answer_format", ["answer_tag", "boxed"])
 def test_extraction_is_linear_on_adversarial_text(answer_format):
+    # 2.8 M characters: a linear scan takes well under a second, a quadratic one (a
+    # backtracking regex) hours; the bound is loose so that a loaded machine cannot fail it.
     text = ("<answer>\\boxed{{" * 200_000) + "}"
     start = time.perf_counter()
     extract_answer(text, answer_format)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 30.0
 
 
 # --- reasoning-gym ------------------------------------------------------------------------
