@@ -2,11 +2,12 @@
 
 Runs the real Trainer for `--steps` steps (Stage I for the first half, Stage II after) with a
 small batch and samples, after every step, the resident set (RSS) of each process: the
-rollout worker (vLLM engine), the verifiers, the learner (DeepSpeed) and the driver, each
-with its child processes (e.g. code sandboxes). Per process it reports the peak sampled RSS,
-the kernel's peak (`ru_maxrss`, read inside the process at the end), and the slope of RSS
-over steps by least squares over the second half of the run (the first steps include
-allocator and cache warm-up). Memory must not grow: the slope should be ~0 MB/step.
+rollout worker (vLLM engine), the verifiers, the learner (DeepSpeed), each with its child
+processes (e.g. code sandboxes), and the driver alone (its children are the Ray cluster).
+Per process it reports the peak sampled RSS, the kernel's peak (`ru_maxrss`, read inside
+the process at the end), and the slope of RSS over steps by least squares over the second
+half of the run (the first steps include allocator and cache warm-up). Memory must not
+grow: the slope should be ~0 MB/step.
 
     .venv/bin/python benchmarks/memory.py --model smollm2-135m-instruct --steps 50
     .venv/bin/python benchmarks/memory.py --model tiny-llama --steps 10
@@ -67,9 +68,10 @@ def _pid(_self: Any) -> int:
 
 
 def _peak_kb(_self: Any) -> int:
-    """Peak RSS of this process (ru_maxrss, KiB on Linux) and of its reaped children."""
+    """Peak RSS of this process (ru_maxrss, KiB on Linux); for an actor, plus the largest
+    reaped child (sandboxes). The driver's children are the Ray cluster: not counted."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return own + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return own + (0 if _self is None else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def slope(values: list[float]) -> float:
@@ -113,7 +115,10 @@ def main() -> None:
     for step in range(args.steps):
         trainer.step(trainer.schedule[step])
         for role, pid in pids.items():
-            samples[role].append(rss_with_children(pid) / MB)
+            # The driver's children are the local Ray cluster (raylet, GCS, every actor):
+            # count the driver process alone.
+            rss = psutil.Process(pid).memory_info().rss if role == "driver" else None
+            samples[role].append((rss or rss_with_children(pid)) / MB)
         if step % 10 == 9:
             print(
                 f"step {step + 1}: " + ", ".join(f"{r} {v[-1]:.0f} MB" for r, v in samples.items())

@@ -22,6 +22,11 @@ def _md(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
 
 
+def _label(model: str, data: dict[str, Any]) -> str:
+    """The model with the rollout dtype the run used."""
+    return f"{model} (rollout {data.get('rollout_dtype', '?')})"
+
+
 def rollout_rows() -> list[list[str]]:
     rows = []
     for model in MODELS:
@@ -32,7 +37,7 @@ def rollout_rows() -> list[list[str]]:
             for name, run in data["runs"].items():
                 rows.append(
                     [
-                        model,
+                        _label(model, data),
                         str(data["block_size"]),
                         name,
                         f"{run['tokens_per_s']:.0f}",
@@ -54,7 +59,7 @@ def step_rows() -> list[list[str]]:
         for mode, s in data["modes"].items():
             rows.append(
                 [
-                    model,
+                    _label(model, data),
                     names.get(mode, "naive single process"),
                     f"{s['step_s_mean']:.1f}",
                     f"{s['traces_per_s']:.2f}",
