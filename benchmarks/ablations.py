@@ -125,8 +125,8 @@ def table_rows(results: dict[str, dict]) -> list[list[str]]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage1-steps", type=int, default=10, help="SCoRe Stage I steps")
-    parser.add_argument("--stage2-steps", type=int, default=10, help="SCoRe Stage II steps")
+    parser.add_argument("--stage1-steps", type=int, default=6, help="SCoRe Stage I steps")
+    parser.add_argument("--stage2-steps", type=int, default=8, help="SCoRe Stage II steps")
     parser.add_argument("--only", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--output-dir", default="runs/ablations")
     parser.add_argument("--json", default="benchmarks/results/ablations.json")

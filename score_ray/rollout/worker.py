@@ -118,14 +118,16 @@ class RolloutWorker:
     ) -> list[Trace]:
         """Two attempts for each (problem, sample): S traces per problem, grouped by problem."""
         first_prompts = [self.prompts.first_prompt_ids(p.question) for p in problems]
-        first = self._sample(first_prompts, samples_per_prompt, greedy, seed, "attempt1")
+        seeds1 = [request_seed(seed, 1, i, samples_per_prompt) for i in range(len(problems))]
+        first = self._sample(first_prompts, samples_per_prompt, greedy, seeds1, "attempt1")
         second_prompts, rows = [], []
         for problem, prompt_ids, outputs in zip(problems, first_prompts, first, strict=True):
             for ids, logprobs, text in outputs:
                 bridge = self.prompts.bridge_ids(ids)
                 second_prompts.append(prompt_ids + ids + bridge)
                 rows.append((problem, prompt_ids, ids, logprobs, text, bridge))
-        second = self._sample(second_prompts, 1, greedy, seed + 1, "attempt2")
+        seeds2 = [request_seed(seed, 2, i) for i in range(len(second_prompts))]
+        second = self._sample(second_prompts, 1, greedy, seeds2, "attempt2")
         return [
             self._trace(problem, prompt_ids, (ids1, lp1, text1), bridge, outputs[0])
             for (problem, prompt_ids, ids1, lp1, text1, bridge), outputs in zip(
@@ -140,9 +142,10 @@ class RolloutWorker:
         index = problem * S + sample is the trace's place in `generate`'s output.
 
         Call it as a Ray streaming generator (`.options(num_returns="streaming")`). Seeds
-        match `generate`: attempt 1 of sample j uses seed + j (as vLLM's n > 1 fan-out
-        does), attempt 2 uses seed + 1. The engine is stepped in this process, so the
-        batch composition, and with it the output, does not depend on timing.
+        match `generate` (`request_seed`): sample j of problem p starts from problem p's
+        attempt-1 seed + j (as vLLM's n > 1 fan-out does), attempt 2 of trace i from its
+        own. The engine is stepped in this process, so the batch composition, and with it
+        the output, does not depend on timing.
         """
         engine = self.llm.llm_engine
         call = next(self._calls)
@@ -152,7 +155,8 @@ class RolloutWorker:
         for index in range(len(problems) * samples_per_prompt):
             problem, sample = divmod(index, samples_per_prompt)
             request_id = f"score-ray-{call}-a1-{index}"
-            self._add_request(engine, request_id, first_prompts[problem], greedy, seed + sample)
+            first_seed = request_seed(seed, 1, problem, samples_per_prompt) + sample
+            self._add_request(engine, request_id, first_prompts[problem], greedy, first_seed)
             pending[request_id] = index
         while engine.has_unfinished_requests():
             finished = []
@@ -169,7 +173,8 @@ class RolloutWorker:
                     attempt1[index] = (completion, bridge)
                     request_id = f"score-ray-{call}-a2-{index}"
                     second_prompt = prompt_ids + completion[0] + bridge
-                    self._add_request(engine, request_id, second_prompt, greedy, seed + 1)
+                    second_seed = request_seed(seed, 2, index)
+                    self._add_request(engine, request_id, second_prompt, greedy, second_seed)
                     pending[request_id] = index
                 else:
                     self._count("attempt2", output)
@@ -242,15 +247,16 @@ class RolloutWorker:
         prompt_ids: list[list[int]],
         n: int,
         greedy: bool,
-        seed: int,
+        seeds: list[int],
         attempt: str | None = None,
     ) -> list[list[tuple[list[int], list[float], str]]]:
-        """For each prompt, n completions as (token ids, sampled-token log-probs, text);
-        prefix-cache hits are counted under `attempt` when given."""
+        """For each prompt, n completions as (token ids, sampled-token log-probs, text),
+        prompt i sampled from `seeds[i]`; prefix-cache hits are counted under `attempt`."""
         from vllm import TokensPrompt
 
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
-        results = self.llm.generate(requests, self._params(n, greedy, seed), use_tqdm=False)
+        params = [self._params(n, greedy, request) for request in seeds]
+        results = self.llm.generate(requests, params, use_tqdm=False)
         if attempt is not None:
             for result in results:
                 self._count(attempt, result)
@@ -305,7 +311,20 @@ class RolloutWorker:
     ) -> list[tuple[list[int], str]]:
         """One more attempt per token-id prompt (a conversation so far + bridge), in order,
         as (token ids, text)."""
-        return [(ids, text) for ((ids, _, text),) in self._sample(prompt_ids, 1, greedy, seed)]
+        seeds = [request_seed(seed, 0, i) for i in range(len(prompt_ids))]
+        return [(ids, text) for ((ids, _, text),) in self._sample(prompt_ids, 1, greedy, seeds)]
+
+
+def request_seed(seed: int, attempt: int, index: int, fan_out: int = 1) -> int:
+    """The sampling seed of request `index` of `attempt` in a call seeded with `seed`.
+
+    Every request needs its own random stream: with one seed for a whole batch, vLLM gives
+    every request the same draws, so one unlucky draw corrupts the same token of every
+    sample at once (a training step where all 32 sampled second attempts were wrong).
+    A request fanned out into n samples uses seeds s .. s + n - 1 (vLLM adds j to child j),
+    so requests are spaced `fan_out` apart.
+    """
+    return (seed * 1_000_003 + attempt * 100_003) * 1_000_003 % 2**40 + index * fan_out
 
 
 def _completion(output: Any) -> tuple[list[int], list[float], str]:

@@ -160,3 +160,14 @@ def test_score_loss_gradient_is_reinforce():
     )
     terms.loss.backward()
     assert logp.grad.tolist() == [[0.0, -0.75, 0.5]]
+
+
+def test_request_seeds_are_distinct_per_request_attempt_and_fan_out():
+    from score_ray.rollout.worker import request_seed
+
+    first = [request_seed(7, 1, i, fan_out=4) + j for i in range(50) for j in range(4)]
+    second = [request_seed(7, 2, i) for i in range(200)]
+    assert len(set(first)) == 200 and len(set(second)) == 200
+    assert not set(first) & set(second)  # attempt 2 never reuses an attempt-1 stream
+    assert request_seed(8, 1, 0) != request_seed(7, 1, 0)  # a new step, new streams
+    assert request_seed(7, 1, 3, 4) == request_seed(7, 1, 3, 4)  # reproducible
