@@ -11,15 +11,12 @@ from typing import Any
 
 from bench_common import MODELS, RESULTS
 
+from score_ray.report import markdown_table
+
 
 def _load(name: str) -> dict[str, Any] | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _md(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
 
 
 def _label(model: str, data: dict[str, Any]) -> str:
@@ -123,14 +120,14 @@ def memory_rows() -> list[list[str]]:
 
 def main() -> None:
     print(
-        _md(
+        markdown_table(
             ["model", "KV block", "run", "tokens/s", "x raw vLLM", "attempt-2 prefix hits"],
             rollout_rows(),
         )
     )
     print()
     print(
-        _md(
+        markdown_table(
             [
                 "model",
                 "run",
@@ -148,13 +145,17 @@ def main() -> None:
     )
     print()
     print(
-        _md(
+        markdown_table(
             ["model", "MB", "sync s", "send s", "receive s", "floor s", "x floor", "MB/s"],
             sync_rows(),
         )
     )
     print()
-    print(_md(["model", "process", "peak RSS MB", "ru_maxrss MB", "MB/step"], memory_rows()))
+    print(
+        markdown_table(
+            ["model", "process", "peak RSS MB", "ru_maxrss MB", "MB/step"], memory_rows()
+        )
+    )
 
 
 if __name__ == "__main__":
