@@ -319,8 +319,8 @@ def request_seed(seed: int, attempt: int, index: int, fan_out: int = 1) -> int:
     """The sampling seed of request `index` of `attempt` in a call seeded with `seed`.
 
     Every request needs its own random stream: with one seed for a whole batch, vLLM gives
-    every request the same draws, so one unlucky draw corrupts the same token of every
-    sample at once (a training step where all 32 sampled second attempts were wrong).
+    every request the same draws, so the samples of a batch are correlated (sample j of
+    every problem, and every second attempt, drew the same uniforms).
     A request fanned out into n samples uses seeds s .. s + n - 1 (vLLM adds j to child j),
     so requests are spaced `fan_out` apart.
     """
