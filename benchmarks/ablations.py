@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/ablations.py                       # the demo's budget
     .venv/bin/python benchmarks/ablations.py --stage1-steps 4 --stage2-steps 6
     .venv/bin/python benchmarks/ablations.py --only score no_shaping train.eval_max_problems=50
+    .venv/bin/python benchmarks/ablations.py --from-demo runs/demo   # reuse make demo's runs
 
 Variants (each also runnable alone: `score-ray demo --config conf/demo.yaml --config
 conf/ablations/NAME.yaml`):
@@ -16,6 +17,11 @@ The base model is evaluated once; every variant is trained from it with the same
 problems and step budget (stage2_only spends Stage I's steps in Stage II), then evaluated
 greedily on the whole held-out split with `score-ray eval`. Prints one table (Acc@t1,
 Acc@t2, Delta, each with a 95% bootstrap CI) and writes it as JSON.
+
+`--from-demo DIR` takes the base and SCoRe rows from a finished `make demo` output
+directory instead of running them again: `make demo` is the SCoRe variant (conf/demo.yaml,
+same seed), so this saves two evaluations and one training run. It refuses a demo run
+whose resolved config differs from this run's SCoRe config (budget, overrides).
 """
 
 from __future__ import annotations
@@ -53,14 +59,19 @@ def main() -> int:
     budget = {"stage1": args.stage1_steps, "stage2": args.stage2_steps}
     started = time.perf_counter()
     results: dict[str, dict] = {}
-    base_dir = out / "eval_base"
-    code, _ = run_cli(
-        ["eval", *config_args([DEMO_CONFIG]), *args.overrides, f"output_dir={base_dir}"]
-    )
-    if code:
-        return code
-    results["base"] = {"label": "base model", "eval": read_eval(base_dir), "seconds": 0.0}
-    for name in args.only:
+    variants = list(args.only)
+    if args.from_demo:
+        results.update(demo_results(Path(args.from_demo), budget, args.overrides))
+        variants = [name for name in variants if name != "score"]
+    else:
+        base_dir = out / "eval_base"
+        code, _ = run_cli(
+            ["eval", *config_args([DEMO_CONFIG]), *args.overrides, f"output_dir={base_dir}"]
+        )
+        if code:
+            return code
+        results["base"] = {"label": "base model", "eval": read_eval(base_dir), "seconds": 0.0}
+    for name in variants:
         label, extra = VARIANTS[name]
         configs = [DEMO_CONFIG, *([extra] if extra else [])]
         steps = budget_overrides(name, budget)
@@ -83,6 +94,7 @@ def main() -> int:
         "command": " ".join(sys.argv),
         "budget_steps": budget,
         "overrides": args.overrides,
+        "from_demo": args.from_demo,
         "wall_s": time.perf_counter() - started,
         "variants": {
             name: {
@@ -101,6 +113,41 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nwrote {args.json}")
     return 0
+
+
+def demo_results(demo: Path, budget: dict[str, int], overrides: list[str]) -> dict[str, dict]:
+    """The base and SCoRe rows of a finished `make demo` run whose resolved config is the one
+    this script would train SCoRe with (same budget, no other differences but output_dir)."""
+    from omegaconf import OmegaConf
+
+    from score_ray.config import load_config
+
+    summary_path, config_path = demo / "demo.json", demo / "train" / "config.yaml"
+    for path in (summary_path, config_path):
+        if not path.is_file():
+            raise SystemExit(f"--from-demo: {path} is missing (did `make demo` finish?)")
+    wanted = load_config(DEMO_CONFIG, [*budget_overrides("score", budget), *overrides])
+    expected = OmegaConf.to_container(OmegaConf.structured(wanted))
+    saved = OmegaConf.to_container(OmegaConf.load(config_path))
+    differing = sorted(
+        key
+        for key in expected.keys() | saved.keys()
+        if key != "output_dir" and expected.get(key) != saved.get(key)
+    )
+    if differing:
+        raise SystemExit(
+            f"--from-demo: {config_path} differs from this run's SCoRe config in {differing};"
+            " rerun without --from-demo"
+        )
+    seconds = json.loads(summary_path.read_text())["step_s"]
+    return {
+        "base": {"label": "base model", "eval": read_eval(demo / "eval_base"), "seconds": 0.0},
+        "score": {
+            "label": VARIANTS["score"][0],
+            "eval": read_eval(demo / "eval_trained"),
+            "seconds": seconds["train"] + seconds["trained eval"],
+        },
+    }
 
 
 def budget_overrides(name: str, budget: dict[str, int]) -> list[str]:
@@ -128,6 +175,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stage1-steps", type=int, default=6, help="SCoRe Stage I steps")
     parser.add_argument("--stage2-steps", type=int, default=8, help="SCoRe Stage II steps")
     parser.add_argument("--only", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--from-demo", help="take base and SCoRe from this make demo output")
     parser.add_argument("--output-dir", default="runs/ablations")
     parser.add_argument("--json", default="benchmarks/results/ablations.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")

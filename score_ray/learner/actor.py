@@ -29,6 +29,7 @@ from score_ray.algo import (
     token_logprobs,
 )
 from score_ray.config import Config
+from score_ray.placement import torch_threads
 from score_ray.sync import (
     MIB,
     ParamSpec,
@@ -97,10 +98,7 @@ class Learner:
         import deepspeed
         from transformers import AutoModelForCausalLM
 
-        threads = self.cfg.learner.threads or max(
-            1, (os.cpu_count() or 1) // min(self.cfg.learner.world_size, os.cpu_count() or 1)
-        )
-        torch.set_num_threads(threads)
+        torch.set_num_threads(torch_threads(self.cfg.learner.threads, self.cfg.learner.world_size))
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
         torch.manual_seed(self.cfg.train.seed)
         dtype = _TORCH_DTYPES[self.cfg.model.dtype]

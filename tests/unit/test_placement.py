@@ -1,8 +1,8 @@
-"""Layout feasibility: fail at once, naming the role and the missing resource."""
+"""Layout feasibility (fail at once, naming the role and the missing resource) and threads."""
 
 import pytest
 
-from score_ray.placement import LayoutError, RoleDemand, check_fits
+from score_ray.placement import LayoutError, RoleDemand, check_fits, torch_threads
 
 GPU_NODE = {"CPU": 16.0, "GPU": 4.0, "memory": 1e11}
 CPU_NODE = {"CPU": 8.0, "memory": 1e10}
@@ -80,3 +80,12 @@ def test_colocated_rollout_and_learner_share_one_bundle_per_gpu():
         learner = placement.options("learner", index)["scheduling_strategy"]
         assert rollout.placement_group is learner.placement_group is group
         assert rollout.placement_group_bundle_index == learner.placement_group_bundle_index
+
+
+def test_torch_threads_split_the_node_among_actors_unless_set(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert torch_threads(0, 1) == 8  # not Ray's OMP_NUM_THREADS=num_cpus (1)
+    assert torch_threads(0, 2) == 4
+    assert torch_threads(0, 3) == 2
+    assert torch_threads(0, 16) == 1  # more actors than cores: one each
+    assert torch_threads(3, 2) == 3  # an explicit setting wins
