@@ -308,6 +308,15 @@ class Trainer:
             "reward/attempt2": reward2.mean().item(),
             "acc/t1": r1.mean().item(),
             "acc/t2": r2.mean().item(),
+            **{
+                f"train/{key}": value
+                for key, value in self_correction_metrics(r1.tolist(), r2.tolist()).items()
+                if key in ("delta_i2c", "delta_c2i")
+            },
+            # Share of traces that carry a policy-gradient signal: RLOO gives 0 to every
+            # sample of a group whose rewards are all equal (why a step can have no gradient).
+            "signal/attempt1": (advantage1 != 0).float().mean().item(),
+            "signal/attempt2": (advantage2 != 0).float().mean().item(),
             "tokens/generated": sum(t.num_generated for t in traces),
             "sync/bytes": handle.num_bytes,
             **learn_stats,
