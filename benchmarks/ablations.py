@@ -18,6 +18,10 @@ problems and step budget (stage2_only spends Stage I's steps in Stage II), then 
 greedily on the whole held-out split with `score-ray eval`. Prints one table (Acc@t1,
 Acc@t2, Delta, each with a 95% bootstrap CI) and writes it as JSON.
 
+A variant (or the base evaluation) already finished in `--output-dir` with the same resolved
+config is reused, not run again, so a killed invocation picks up where it stopped and
+variants measured one at a time (`--only`) add up to one table; `--rerun` redoes everything.
+
 `--from-demo DIR` takes the base and SCoRe rows from a finished `make demo` output
 directory instead of running them again: `make demo` is the SCoRe variant (conf/demo.yaml,
 same seed), so this saves two evaluations and one training run. It refuses a demo run
@@ -65,19 +69,24 @@ def main() -> int:
         variants = [name for name in variants if name != "score"]
     else:
         base_dir = out / "eval_base"
-        code, _ = run_cli(
-            ["eval", *config_args([DEMO_CONFIG]), *args.overrides, f"output_dir={base_dir}"]
-        )
-        if code:
-            return code
+        if args.rerun or not evaluated_base(base_dir, args.overrides):
+            code, _ = run_cli(
+                ["eval", *config_args([DEMO_CONFIG]), *args.overrides, f"output_dir={base_dir}"]
+            )
+            if code:
+                return code
         results["base"] = {"label": "base model", "eval": read_eval(base_dir), "seconds": 0.0}
     for name in variants:
         label, extra = VARIANTS[name]
         configs = [DEMO_CONFIG, *([extra] if extra else [])]
         steps = budget_overrides(name, budget)
         run_dir, eval_dir = out / name / "train", out / name / "eval"
-        print(f"\n=== ablation {name}: {label} ===", flush=True)
         common = [*config_args(configs), *steps, *args.overrides]
+        if not args.rerun and finished(run_dir, eval_dir, configs, [*steps, *args.overrides]):
+            print(f"\n=== ablation {name}: {label}: reusing {eval_dir} ===", flush=True)
+            results[name] = {"label": label, "eval": read_eval(eval_dir), "seconds": None}
+            continue
+        print(f"\n=== ablation {name}: {label} ===", flush=True)
         code, train_s = run_cli(["train", *common, f"output_dir={run_dir}"])
         if code:
             return code
@@ -118,21 +127,12 @@ def main() -> int:
 def demo_results(demo: Path, budget: dict[str, int], overrides: list[str]) -> dict[str, dict]:
     """The base and SCoRe rows of a finished `make demo` run whose resolved config is the one
     this script would train SCoRe with (same budget, no other differences but output_dir)."""
-    from omegaconf import OmegaConf
-
-    from score_ray.config import load_config
-
     summary_path, config_path = demo / "demo.json", demo / "train" / "config.yaml"
     for path in (summary_path, config_path):
         if not path.is_file():
             raise SystemExit(f"--from-demo: {path} is missing (did `make demo` finish?)")
-    wanted = load_config(DEMO_CONFIG, [*budget_overrides("score", budget), *overrides])
-    expected = OmegaConf.to_container(OmegaConf.structured(wanted))
-    saved = OmegaConf.to_container(OmegaConf.load(config_path))
-    differing = sorted(
-        key
-        for key in expected.keys() | saved.keys()
-        if key != "output_dir" and expected.get(key) != saved.get(key)
+    differing = config_differences(
+        saved_config(config_path), [DEMO_CONFIG], [*budget_overrides("score", budget), *overrides]
     )
     if differing:
         raise SystemExit(
@@ -148,6 +148,48 @@ def demo_results(demo: Path, budget: dict[str, int], overrides: list[str]) -> di
             "seconds": seconds["train"] + seconds["trained eval"],
         },
     }
+
+
+def config_differences(saved: dict, configs: list[str], overrides: list[str]) -> list[str]:
+    """Top-level config sections in which a run's saved resolved config differs from what
+    `configs` + `overrides` resolve to now (output_dir aside)."""
+    from omegaconf import OmegaConf
+
+    from score_ray.config import load_config
+
+    expected = OmegaConf.to_container(OmegaConf.structured(load_config(configs, overrides)))
+    return sorted(
+        key
+        for key in expected.keys() | saved.keys()
+        if key != "output_dir" and expected.get(key) != saved.get(key)
+    )
+
+
+def finished(run_dir: Path, eval_dir: Path, configs: list[str], overrides: list[str]) -> bool:
+    """True when an earlier invocation trained this variant with the same resolved config and
+    evaluated its final model, so a killed or partial run of this script does not redo it."""
+    config_path, report_path = run_dir / "config.yaml", eval_dir / "eval.json"
+    if not (config_path.is_file() and (run_dir / "final").is_dir() and report_path.is_file()):
+        return False
+    trained = json.loads(report_path.read_text()).get("run_dir")
+    if trained is None or Path(trained).resolve() != run_dir.resolve():
+        return False
+    return not config_differences(saved_config(config_path), configs, overrides)
+
+
+def evaluated_base(base_dir: Path, overrides: list[str]) -> bool:
+    """True when an earlier invocation already evaluated the base model with this config."""
+    report_path = base_dir / "eval.json"
+    if not report_path.is_file():
+        return False
+    saved = json.loads(report_path.read_text())["config"]
+    return not config_differences(saved, [DEMO_CONFIG], overrides)
+
+
+def saved_config(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path))
 
 
 def budget_overrides(name: str, budget: dict[str, int]) -> list[str]:
@@ -177,6 +219,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--from-demo", help="take base and SCoRe from this make demo output")
     parser.add_argument("--output-dir", default="runs/ablations")
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="train and evaluate every variant again, even one already finished in --output-dir",
+    )
     parser.add_argument("--json", default="benchmarks/results/ablations.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     return parser.parse_args()

@@ -172,7 +172,8 @@ class Trainer:
         return final
 
     def _after_step(self) -> None:
-        """Periodic checkpoint, checkpoint-and-exit on a signal, periodic evaluation."""
+        """Periodic checkpoint, checkpoint-and-exit on a signal, periodic evaluation (the last
+        step's is left to the final one)."""
         cfg = self.cfg
         every = cfg.train.checkpoint_every
         if self.stop_signal is not None:
@@ -185,7 +186,9 @@ class Trainer:
             raise Interrupted(128 + self.stop_signal)
         if every and self.global_step % every == 0 and self.global_step < len(self.schedule):
             self.save_checkpoint()
-        if cfg.train.eval_every and self.global_step % cfg.train.eval_every == 0:
+        # The last step's evaluation is the final one, which `run` does anyway.
+        last = self.global_step >= len(self.schedule)
+        if cfg.train.eval_every and self.global_step % cfg.train.eval_every == 0 and not last:
             self.evaluate(tag="periodic")
 
     @contextmanager
