@@ -194,6 +194,10 @@ class LearnerConfig:
     """Traces per forward/backward on one rank; the rest is gradient accumulation."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    share_prompt_prefix: bool = True
+    """Run the tokens that all traces of a micro-batch start with (system prompt, few-shot
+    examples) through the model once per micro-batch, not once per trace; same values and
+    gradients, less compute when the shared part is long. Off under gradient_checkpointing."""
     num_cpus: float = 1.0
     """Ray CPUs per learner rank."""
     num_gpus: float = 0.0

@@ -147,13 +147,16 @@ class Learner:
             ("loss", "pg_loss", "kl_loss", "kl1_sum", "kl1_tokens", "kl2_sum", "kl2_tokens"), 0.0
         )
         num_micro = len(shard.batch) // micro
+        # Checkpointed layers recompute their forward in backward, which would append the
+        # rows' keys to the shared prefix cache a second time.
+        share = cfg.learner.share_prompt_prefix and not cfg.learner.gradient_checkpointing
         self.engine.train()
         for start in range(0, len(shard.batch), micro):
             piece = _trim_padding(shard.batch.slice(start, start + micro))
             piece = _to_device(piece, self.engine.device)
-            logprobs = self._logprobs(self.engine, piece)
+            logprobs = self._logprobs(self.engine, piece, share)
             with torch.no_grad():
-                ref_logprobs = self._logprobs(self.reference, piece)
+                ref_logprobs = self._logprobs(self.reference, piece, share)
             terms = score_loss(
                 logprobs,
                 ref_logprobs,
@@ -178,20 +181,38 @@ class Learner:
         return totals
 
     @staticmethod
-    def _logprobs(model: Any, batch: TraceBatch) -> torch.Tensor:
+    def _logprobs(model: Any, batch: TraceBatch, share_prefix: bool = True) -> torch.Tensor:
         """[B, T] log-probs, exact on every attempt token (0 on the shared prompt).
 
         Logits are computed only from the position before the first attempt token on
         (`logits_to_keep`): the prompt's tokens carry no loss, and skipping their [T, V]
         logits saves the LM head's share of the step.
+
+        With `share_prefix`, the leading tokens that every row has in common (system prompt,
+        few-shot examples: 135 of the demo's ~260 tokens per trace) go through the model once,
+        as a batch of one, and the rows continue from that KV cache. Gradients flow back
+        through the cache, so values and gradients are those of the full batch.
         """
+        ids = batch.input_ids
         generated = (batch.attempt1_mask + batch.attempt2_mask).amax(0).nonzero()
         start = max(int(generated[0]) - 1, 0) if len(generated) else 0
-        keep = torch.arange(start, batch.input_ids.shape[1], device=batch.input_ids.device)
+        prefix = min(shared_prefix_length(ids, batch.attention_mask), start) if share_prefix else 0
+        if ids.shape[0] == 1 or prefix < MIN_SHARED_PREFIX:
+            prefix = 0
+        keep = torch.arange(start - prefix, ids.shape[1] - prefix, device=ids.device)
+        cache = None
+        if prefix:
+            # logits_to_keep=1: the prefix's logits are never used (0 would mean all of them).
+            cache = model(input_ids=ids[:1, :prefix], use_cache=True, logits_to_keep=1)
+            cache = cache.past_key_values
+            cache.batch_repeat_interleave(ids.shape[0])
         logits = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep
+            input_ids=ids[:, prefix:],
+            attention_mask=batch.attention_mask,
+            past_key_values=cache,
+            logits_to_keep=keep,
         ).logits
-        return token_logprobs(logits, batch.input_ids, start)
+        return token_logprobs(logits, ids, start)
 
     @torch.no_grad()
     def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:
@@ -288,6 +309,19 @@ class Learner:
         generation_config = getattr(module, "generation_config", None)
         if generation_config is not None:
             generation_config.save_pretrained(path)
+
+
+# Below this many shared tokens a second forward call costs more than it saves.
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_length(
+    input_ids: torch.Tensor,  # [B, T]
+    attention_mask: torch.Tensor,  # [B, T]
+) -> int:
+    """Number of leading columns in which every row holds the same, unpadded token."""
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)  # [T]
+    return int(same.int().cumprod(0).sum())
 
 
 def _trim_padding(batch: TraceBatch) -> TraceBatch:

@@ -1,7 +1,9 @@
 """Data-parallel DeepSpeed learners: world size 2 (ZeRO-3) matches world size 1 (ZeRO-2).
 
 The same fixed batch and advantages go to both groups; one update must give
-the same loss, gradient norm and post-update log-probs within tolerance.
+the same loss, gradient norm and post-update log-probs within tolerance. The prompts share
+a prefix, which the ZeRO-3 group runs once per micro-batch (`learner.share_prompt_prefix`)
+and the ZeRO-2 group runs per trace.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import random
 import torch
 
 from score_ray.algo import Trace, collate_traces
+from score_ray.learner.actor import MIN_SHARED_PREFIX
 from score_ray.learner.group import LearnerGroup
 from tests.integration.conftest import max_abs_diff, tiny_config
 
@@ -25,8 +28,9 @@ def _fixed_traces(count: int, vocab: int = 49152) -> list[Trace]:
     def ids(n: int) -> list[int]:
         return [rng.randrange(vocab) for _ in range(n)]
 
+    shared = ids(MIN_SHARED_PREFIX + 4)  # a system prompt every trace starts with
     return [
-        Trace(f"p{i}", ids(6 + i % 3), ids(5 + i % 2), ids(3), ids(4 + i % 4), "a", "b")
+        Trace(f"p{i}", shared + ids(6 + i % 3), ids(5 + i % 2), ids(3), ids(4 + i % 4), "a", "b")
         for i in range(count)
     ]
 
@@ -54,6 +58,7 @@ def test_world_size_two_matches_one(ray_local, tiny_model_path, tmp_path):
         "learner.world_size=1",
         "learner.zero_stage=2",
         "learner.micro_batch_size=4",
+        "learner.share_prompt_prefix=false",
     )
     double_cfg = tiny_config(
         tmp_path,
