@@ -152,12 +152,14 @@ def demo_results(demo: Path, budget: dict[str, int], overrides: list[str]) -> di
 
 def config_differences(saved: dict, configs: list[str], overrides: list[str]) -> list[str]:
     """Top-level config sections in which a run's saved resolved config differs from what
-    `configs` + `overrides` resolve to now (output_dir aside)."""
+    `configs` + `overrides` resolve to now (output_dir aside). Keys the saved config lacks
+    (added to the schema after that run) count as their defaults."""
     from omegaconf import OmegaConf
 
-    from score_ray.config import load_config
+    from score_ray.config import Config, load_config
 
     expected = OmegaConf.to_container(OmegaConf.structured(load_config(configs, overrides)))
+    saved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), saved))
     return sorted(
         key
         for key in expected.keys() | saved.keys()

@@ -54,3 +54,12 @@ def test_an_evaluation_of_another_model_is_not_reused(finished_run):
     run_dir, eval_dir = finished_run
     (eval_dir / "eval.json").write_text(json.dumps({"run_dir": "elsewhere/train"}))
     assert not ablations.finished(run_dir, eval_dir, CONFIGS, STEPS)
+
+
+def test_a_run_saved_before_a_config_key_existed_counts_it_as_default(finished_run):
+    run_dir, eval_dir = finished_run
+    text = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(text.replace("  share_prompt_prefix: true\n", ""))
+    assert "share_prompt_prefix" not in (run_dir / "config.yaml").read_text()
+    assert ablations.finished(run_dir, eval_dir, CONFIGS, STEPS)
+    assert not ablations.finished(run_dir, eval_dir, CONFIGS, [*STEPS, "learner.lr=1e-3"])
