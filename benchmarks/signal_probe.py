@@ -9,8 +9,11 @@ temperature: Acc@t1 and Acc@t2 of the samples, the attempt transitions (00, 01 =
 (`stage2_rewards`, alpha from the config) varies, i.e. the groups that carry a signal.
 
     .venv/bin/python benchmarks/signal_probe.py --temperatures 0.3 0.6 1.0
+    # a trained policy (its final/ folder), on the same training problems:
+    .venv/bin/python benchmarks/signal_probe.py --temperatures 0.3 --label demo-trained \
+        model.path=runs/demo/train/final
 
-Writes benchmarks/results/signal_probe-<model>.json.
+Writes benchmarks/results/signal_probe-<label or model>.json.
 """
 
 from __future__ import annotations
@@ -35,23 +38,31 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--offset", type=int, default=100, help="first training problem used")
+    parser.add_argument("--label", help="results file name (default: model.path)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = parser.parse_args()
 
-    cfg = load_config(args.config, [])
+    cfg = load_config(args.config, args.overrides)
     model_path, train, _ = prepare_inputs(cfg)
     problems = train[args.offset : args.offset + args.problems]
     init_ray(num_cpus=2)
     runs = {}
     for temperature in args.temperatures:
-        cfg = load_config(args.config, [f"rollout.temperature={temperature}"])
+        cfg = load_config(args.config, [*args.overrides, f"rollout.temperature={temperature}"])
         group = RolloutGroup(cfg, model_path)
         traces = group.generate(problems, args.samples, greedy=False, seed=7)
         group.shutdown()
         runs[str(temperature)] = probe(cfg, problems, traces, args.samples)
         print(f"temperature {temperature}: {runs[str(temperature)]}", flush=True)
 
-    data = {"config": args.config, "problems": args.problems, "samples": args.samples, "runs": runs}
-    write_result("signal_probe", cfg.model.path, data)
+    data = {
+        "config": args.config,
+        "overrides": args.overrides,
+        "problems": args.problems,
+        "samples": args.samples,
+        "runs": runs,
+    }
+    write_result("signal_probe", args.label or cfg.model.path, data)
     header = ["T", "Acc@t1", "Acc@t2", "i->c", "c->i", "groups with r2 signal", "Stage II signal"]
     rows = [
         [

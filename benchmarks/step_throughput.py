@@ -21,8 +21,12 @@ last trace arrived in stream mode (`verify busy` is the verifiers' wall time, ov
 
     .venv/bin/python benchmarks/step_throughput.py --model tiny-llama
     .venv/bin/python benchmarks/step_throughput.py --model smollm2-135m-instruct --steps 2
+    # the demo's task and prompts (few-shot examples: a 135-token prefix every trace shares)
+    .venv/bin/python benchmarks/step_throughput.py --model smollm2-135m-instruct --steps 2 \
+        --config conf/demo.yaml --prompts 2 --samples 4 --max-new-tokens 32
 
-Writes benchmarks/results/step_throughput-<model>.json.
+Writes benchmarks/results/step_throughput-<model>.json (with `--config`:
+step_throughput-<model>-<config name>.json).
 """
 
 from __future__ import annotations
@@ -34,19 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import MODELS, ROOT, bench_config, init_ray, table, write_result
+from bench_common import MODELS, ROOT, TINY_CONFIG, bench_config, init_ray, table, write_result
+from plain_torch import PlainTorchLearner, full_logits
 
-from score_ray.algo import (
-    Trace,
-    attempt_kl_coefficients,
-    attempt_rewards,
-    collate_traces,
-    rloo_advantages,
-    score_loss,
-    token_logprobs,
-)
+from score_ray.algo import Trace, attempt_rewards, collate_traces, rloo_advantages
 from score_ray.cli import prepare_inputs
 from score_ray.config import Config
+from score_ray.learner.actor import LearnerShard
 from score_ray.models import load_tokenizer
 from score_ray.prompts import PromptBuilder
 from score_ray.tasks.base import Problem
@@ -61,19 +59,9 @@ class NaiveScore:
     """Single-process SCoRe: HF generate, in-process scoring, a plain torch update."""
 
     def __init__(self, cfg: Config, model_path: str, train: list[Problem]) -> None:
-        from transformers import AutoModelForCausalLM
-
         self.cfg = cfg
-        dtype = getattr(torch, cfg.model.dtype)
-        self.policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-        self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
-        self.reference.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(),
-            lr=cfg.learner.lr,
-            betas=(cfg.learner.adam_beta1, cfg.learner.adam_beta2),
-            weight_decay=cfg.learner.weight_decay,
-        )
+        self.learner = PlainTorchLearner(cfg, model_path, full_logits)
+        self.policy = self.learner.policy
         self.tokenizer = load_tokenizer(model_path)
         self.prompts = PromptBuilder(self.tokenizer, cfg.prompts)
         self.pad_id = int(self.tokenizer.pad_token_id)
@@ -146,40 +134,12 @@ class NaiveScore:
         groups = (cfg.train.prompts_per_step, samples)
         advantage1 = rloo_advantages(reward1.view(groups)).flatten()
         advantage2 = rloo_advantages(reward2.view(groups)).flatten()
-        self.learn(collate_traces(traces, self.pad_id), advantage1, advantage2)
+        shard = LearnerShard(collate_traces(traces, self.pad_id), advantage1, advantage2)
+        self.learner.train_step(shard, STAGE)
         timings["learn"] = time.perf_counter() - mark
         timings["sync"] = 0.0  # one process, one copy of the weights
         timings["step"] = time.perf_counter() - started
         return timings
-
-    def learn(self, batch: Any, advantage1: torch.Tensor, advantage2: torch.Tensor) -> None:
-        """One AdamW step over micro-batches (gradient accumulation), as the Learner does."""
-        cfg = self.cfg
-        kl_coef1, kl_coef2 = attempt_kl_coefficients(STAGE, cfg.algo.beta1, cfg.algo.beta2)
-        micro = cfg.learner.micro_batch_size
-        num_micro = len(batch) // micro
-        self.policy.train()
-        self.optimizer.zero_grad()
-        for start in range(0, len(batch), micro):
-            piece = batch.slice(start, start + micro)
-            logits = self.policy(input_ids=piece.input_ids, attention_mask=piece.attention_mask)
-            with torch.no_grad():
-                ref = self.reference(input_ids=piece.input_ids, attention_mask=piece.attention_mask)
-            terms = score_loss(
-                token_logprobs(logits.logits, piece.input_ids),
-                token_logprobs(ref.logits, piece.input_ids),
-                piece.attempt1_mask,
-                piece.attempt2_mask,
-                advantage1[start : start + micro],
-                advantage2[start : start + micro],
-                kl_coef1,
-                kl_coef2,
-                token_normalizer=float(cfg.rollout.max_new_tokens),
-                kl_estimator=cfg.algo.kl_estimator,
-            )
-            (terms.loss / num_micro).backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.learner.grad_clip)
-        self.optimizer.step()
 
 
 def score_ray_step(trainer: Trainer, stream: bool) -> dict[str, float]:
@@ -214,6 +174,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="train.samples_per_prompt")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "bench_step")
+    parser.add_argument(
+        "--config", type=Path, default=TINY_CONFIG, help="task, prompts and learner settings"
+    )
     args = parser.parse_args()
 
     cfg = bench_config(
@@ -227,6 +190,7 @@ def main() -> None:
         "train.checkpoint_every=0",
         "verifier.num_workers=2",
         f"output_dir={args.out_dir}",
+        base=args.config,
     )
     shutil.rmtree(args.out_dir, ignore_errors=True)  # the Trainer appends to metrics.jsonl
     model_path, train, held_out = prepare_inputs(cfg)
@@ -266,6 +230,7 @@ def main() -> None:
     header = ["run", "step s", "traces/s", "x naive", *(f"{p} %" for p in PHASES)]
     print(table(header, rows))
     data = {
+        "config": str(args.config),
         "rollout_dtype": cfg.rollout.dtype,
         "traces_per_step": traces,
         "prompts_per_step": args.prompts,
@@ -275,7 +240,8 @@ def main() -> None:
         "targets": {"speedup_vs_naive": 3.0, "verify_share": 0.05},
         "modes": summaries,
     }
-    print(f"wrote {write_result('step_throughput', args.model, data)}")
+    label = args.model if args.config == TINY_CONFIG else f"{args.model}-{args.config.stem}"
+    print(f"wrote {write_result('step_throughput', label, data)}")
 
 
 if __name__ == "__main__":
