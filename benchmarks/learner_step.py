@@ -8,7 +8,9 @@ on the same demo-shaped batch, alternating rows round by round:
 - naive: plain torch, full logits, no prefix sharing (`plain_torch.PlainTorchLearner`, the
   naive loop's update in `step_throughput.py`);
 - plain torch + `Learner._logprobs`: score-ray's log-prob pass without DeepSpeed, the floor;
-- `Learner.train_step` under DeepSpeed ZeRO-0 and ZeRO-2 (world size 1, gloo, CPU).
+- `Learner.train_step` under DeepSpeed ZeRO-0 and ZeRO-2 (world size 1, gloo, CPU);
+- the same ZeRO-2 Learner as training runs it: a Ray actor behind `LearnerGroup` (the row
+  includes shipping the batch to the actor).
 
 A row minus the floor is what DeepSpeed (or the lack of prefix sharing) costs. Each row
 times `--traces` traces in micro-batches of `--micro-batch`: forward, reference forward,
@@ -32,15 +34,25 @@ from functools import partial
 from typing import Any
 
 import torch
-from bench_common import MODELS, bench_config, demo_shaped_batch, median, table, write_result
+from bench_common import (
+    MODELS,
+    bench_config,
+    demo_shaped_batch,
+    init_ray,
+    median,
+    table,
+    write_result,
+)
 from plain_torch import PlainTorchLearner, full_logits
 from transformers import AutoModelForCausalLM
 
 from score_ray.config import Config
 from score_ray.learner.actor import Learner, LearnerShard
+from score_ray.learner.group import LearnerGroup
 from score_ray.models import resolve_model_path
 
 STAGE = 1
+RAY_ROW = "Learner, ZeRO-2, in a Ray actor (as in training)"
 
 
 def free_port() -> int:
@@ -53,6 +65,17 @@ def deepspeed_learner(cfg: Config, model_path: str, port: int) -> Learner:
     learner = Learner(cfg, model_path, rank=0)
     learner.setup("127.0.0.1", port)
     return learner
+
+
+class RayLearner:
+    """One DeepSpeed rank in a Ray actor, driven through LearnerGroup as the Trainer does."""
+
+    def __init__(self, cfg: Config, model_path: str) -> None:
+        init_ray()
+        self.group = LearnerGroup(cfg, model_path)
+
+    def train_step(self, shard: LearnerShard, stage: int) -> None:
+        self.group.train_step(shard.batch, shard.advantage1, shard.advantage2, stage)
 
 
 def top_operators(fn: Callable[[], Any], rows: int) -> list[dict[str, Any]]:
@@ -107,11 +130,12 @@ def main() -> None:
         ),
         "Learner, DeepSpeed ZeRO-0": zero(0),
         "Learner, DeepSpeed ZeRO-2 (default)": zero(2),
+        RAY_ROW: lambda: RayLearner(bench_config(args.model, *shape), model_path),
     }
     seconds: dict[str, list[float]] = {name: [] for name in builders}
     profiles: dict[str, list[dict[str, Any]]] = {}
     # Models stay loaded for the whole run so rounds alternate rows (fair under drifting
-    # load): 4 policies + references + Adam states, ~9 GB for the 135M model.
+    # load): 5 policies + references + Adam states, ~12 GB for the 135M model.
     learners = {name: build() for name, build in builders.items()}
     for index in range(args.rounds + 1):
         for name, learner in learners.items():
@@ -122,6 +146,8 @@ def main() -> None:
         print(f"round {index}/{args.rounds} done", flush=True)
     if args.profile:
         for name, learner in learners.items():
+            if name == RAY_ROW:  # its work runs in another process
+                continue
             profiles[name] = top_operators(partial(learner.train_step, shard, STAGE), args.profile)
             print(f"\n{name}: top operators by self CPU time")
             print(

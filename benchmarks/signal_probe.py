@@ -33,7 +33,9 @@ from score_ray.verify.scorers import score_completion
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "conf" / "demo.yaml"))
+    parser.add_argument(
+        "--config", action="append", help="YAML config, repeatable (default conf/demo.yaml)"
+    )
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.3, 0.6, 1.0])
     parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--samples", type=int, default=8)
@@ -41,6 +43,7 @@ def main() -> None:
     parser.add_argument("--label", help="results file name (default: model.path)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = parser.parse_args()
+    args.config = args.config or [str(ROOT / "conf" / "demo.yaml")]
 
     cfg = load_config(args.config, args.overrides)
     model_path, train, _ = prepare_inputs(cfg)

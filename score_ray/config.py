@@ -180,7 +180,7 @@ class LearnerConfig:
     """Number of DeepSpeed ranks (Learner actors)."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage (0-3); 3 shards parameters, gathered one at a time for sync. With
-    one CPU rank there is nothing to shard: 0 updates 1.16x faster than 2 (learner_step.py)."""
+    one CPU rank there is nothing to shard: 0 updates 1.1x faster than 2 (learner_step.py)."""
     lr: float = 5e-6
     """Adam learning rate (the paper: 5e-6 math, 1e-5 code)."""
     weight_decay: float = 0.0
