@@ -6,6 +6,7 @@ the ratios hold even on a shared machine; absolute numbers depend on the machine
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -38,20 +39,35 @@ def bench_config(model: str, *overrides: str, base: Path = TINY_CONFIG) -> Confi
     return load_config(base, [f"model.path={model}", "rollout.dtype=float32", *overrides])
 
 
-def demo_shaped_batch(
-    vocab: int, traces: int, prompt: int, shared: int, attempt: int, bridge: int
-) -> TraceBatch:
-    """`traces` traces shaped like conf/demo.yaml's (random ids: speed does not depend on
-    them): a `prompt`-token prompt whose first `shared` tokens every trace has (system prompt
-    and few-shot examples: 135 of 163 in the demo), attempt 1, bridge, attempt 2."""
+def add_trace_shape_args(parser: argparse.ArgumentParser) -> None:
+    """--prompt/--shared/--attempt/--bridge: token counts of a trace, the demo's by default
+    (conf/demo.yaml: a 163-token prompt whose first 135 are the same in every trace)."""
+    parser.add_argument("--prompt", type=int, default=163)
+    parser.add_argument("--shared", type=int, default=135, help="prompt tokens common to all")
+    parser.add_argument("--attempt", type=int, default=20)
+    parser.add_argument("--bridge", type=int, default=56)
+
+
+def demo_shaped_batch(vocab: int, traces: int, shape: argparse.Namespace) -> TraceBatch:
+    """`traces` traces of the token counts in `shape` (see add_trace_shape_args), random ids
+    (speed does not depend on them): a prompt whose first `shape.shared` tokens every trace
+    has (system prompt and few-shot examples), attempt 1, bridge, attempt 2."""
     rng = random.Random(0)
 
     def ids(n: int) -> list[int]:
         return [rng.randrange(vocab) for _ in range(n)]
 
-    common = ids(shared)
+    common = ids(shape.shared)
     rows = [
-        Trace("p", common + ids(prompt - shared), ids(attempt), ids(bridge), ids(attempt), "", "")
+        Trace(
+            "p",
+            common + ids(shape.prompt - shape.shared),
+            ids(shape.attempt),
+            ids(shape.bridge),
+            ids(shape.attempt),
+            "",
+            "",
+        )
         for _ in range(traces)
     ]
     return collate_traces(rows, pad_id=0)

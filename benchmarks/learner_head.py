@@ -21,7 +21,15 @@ import argparse
 import time
 
 import torch
-from bench_common import MODELS, bench_config, demo_shaped_batch, median, table, write_result
+from bench_common import (
+    MODELS,
+    add_trace_shape_args,
+    bench_config,
+    demo_shaped_batch,
+    median,
+    table,
+    write_result,
+)
 from plain_torch import full_logits
 from transformers import AutoModelForCausalLM
 
@@ -33,23 +41,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="tiny-llama")
     parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--prompt", type=int, default=163)
-    parser.add_argument("--shared", type=int, default=135, help="prompt tokens common to all")
-    parser.add_argument("--attempt", type=int, default=20)
-    parser.add_argument("--bridge", type=int, default=56)
+    add_trace_shape_args(parser)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after a warm-up")
     args = parser.parse_args()
 
     cfg = bench_config(args.model)
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model), dtype=torch.float32)
-    batch = demo_shaped_batch(
-        model.config.vocab_size,
-        args.micro_batch,
-        args.prompt,
-        args.shared,
-        args.attempt,
-        args.bridge,
-    )
+    batch = demo_shaped_batch(model.config.vocab_size, args.micro_batch, args)
 
     runs = {
         "full logits (naive)": lambda: full_logits(model, batch).sum().backward(),

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from bench_common import (
     MODELS,
+    add_trace_shape_args,
     bench_config,
     demo_shaped_batch,
     init_ray,
@@ -96,10 +97,7 @@ def main() -> None:
     parser.add_argument("--model", choices=MODELS, default="tiny-llama")
     parser.add_argument("--traces", type=int, default=16, help="traces in one update")
     parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--prompt", type=int, default=163)
-    parser.add_argument("--shared", type=int, default=135, help="prompt tokens common to all")
-    parser.add_argument("--attempt", type=int, default=20)
-    parser.add_argument("--bridge", type=int, default=56)
+    add_trace_shape_args(parser)
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds after a warm-up")
     parser.add_argument("--profile", type=int, default=0, help="print the top N operators")
     args = parser.parse_args()
@@ -112,9 +110,7 @@ def main() -> None:
     cfg = bench_config(args.model, *shape)
     model_path = resolve_model_path(cfg.model)
     vocab = AutoModelForCausalLM.from_pretrained(model_path).config.vocab_size
-    batch = demo_shaped_batch(
-        vocab, args.traces, args.prompt, args.shared, args.attempt, args.bridge
-    )
+    batch = demo_shaped_batch(vocab, args.traces, args)
     advantages = torch.randn(2, args.traces, generator=torch.Generator().manual_seed(0))
     shard = LearnerShard(batch, advantages[0], advantages[1])
     port = free_port()  # one process group for the whole run: DeepSpeed joins it once
