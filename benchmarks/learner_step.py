@@ -1,9 +1,9 @@
-"""One learner update, four ways, in one process: where the learn phase's time goes.
+"""One learner update, five ways: where the learn phase's time goes.
 
-`step_throughput.py` found score-ray's learn phase (DeepSpeed ZeRO-2, shared prompt prefix,
-logits only on attempts) about as slow as the naive loop's plain torch update, although
-`learner_head.py` measures its log-prob pass 2x faster. This script separates the suspects
-on the same demo-shaped batch, alternating rows round by round:
+On a short zero-shot prompt `step_throughput.py` found score-ray's learn phase (DeepSpeed
+ZeRO-2, shared prompt prefix, logits only on attempts) about as slow as the naive loop's plain
+torch update, although `learner_head.py` measures its log-prob pass 2x faster. This script
+separates the suspects on the same demo-shaped batch, alternating rows round by round:
 
 - naive: plain torch, full logits, no prefix sharing (`plain_torch.PlainTorchLearner`, the
   naive loop's update in `step_throughput.py`);
