@@ -102,12 +102,12 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, help="print the top N operators")
     args = parser.parse_args()
 
-    shape = (
+    batch_overrides = (
         f"learner.micro_batch_size={args.micro_batch}",
         "train.samples_per_prompt=2",
         f"train.prompts_per_step={args.traces // 2}",
     )
-    cfg = bench_config(args.model, *shape)
+    cfg = bench_config(args.model, *batch_overrides)
     model_path = resolve_model_path(cfg.model)
     vocab = AutoModelForCausalLM.from_pretrained(model_path).config.vocab_size
     batch = demo_shaped_batch(vocab, args.traces, args)
@@ -116,7 +116,7 @@ def main() -> None:
     port = free_port()  # one process group for the whole run: DeepSpeed joins it once
 
     def zero(stage: int) -> Callable[[], Any]:
-        overrides = (*shape, f"learner.zero_stage={stage}")
+        overrides = (*batch_overrides, f"learner.zero_stage={stage}")
         return lambda: deepspeed_learner(bench_config(args.model, *overrides), model_path, port)
 
     builders: dict[str, Callable[[], Any]] = {
@@ -126,7 +126,7 @@ def main() -> None:
         ),
         "Learner, DeepSpeed ZeRO-0": zero(0),
         "Learner, DeepSpeed ZeRO-2 (default)": zero(2),
-        RAY_ROW: lambda: RayLearner(bench_config(args.model, *shape), model_path),
+        RAY_ROW: lambda: RayLearner(cfg, model_path),
     }
     seconds: dict[str, list[float]] = {name: [] for name in builders}
     profiles: dict[str, list[dict[str, Any]]] = {}
