@@ -243,10 +243,7 @@ def summarize(
                           bootstrap interval collapses toward [0, 0]
     """
     intervals = bootstrap_intervals(rewards, resamples, seed, confidence)
-    summary: dict[str, dict[str, Any]] = {
-        name: {"value": value, "ci": list(intervals[name]), "method": BOOTSTRAP}
-        for name, value in attempt_metrics(rewards).items()
-    }
+    summary = bootstrap_entries(attempt_metrics(rewards), intervals)
     n = len(rewards[0])
     i2c, c2i = discordant_counts(rewards[0], rewards[1])
     for name, count in (("delta_i2c", i2c), ("delta_c2i", c2i)):
@@ -286,9 +283,16 @@ def change_summary(
         return metrics_change(transpose([b for b, _ in picked]), transpose([t for _, t in picked]))
 
     intervals = paired_bootstrap(items, change, resamples, seed, confidence)
+    return bootstrap_entries(metrics_change(base, trained), intervals)
+
+
+def bootstrap_entries(
+    values: dict[str, float], intervals: dict[str, tuple[float, float]]
+) -> dict[str, dict[str, Any]]:
+    """eval.json's entry for each value: {"value", "ci", "method": BOOTSTRAP}."""
     return {
         name: {"value": value, "ci": list(intervals[name]), "method": BOOTSTRAP}
-        for name, value in metrics_change(base, trained).items()
+        for name, value in values.items()
     }
 
 
