@@ -12,11 +12,16 @@ so far plus the correction instruction (`score_ray.evaluate.run_attempts`).
 
 Writes to `output_dir`:
     eval.json            acc_t1, acc_t2, delta, delta_i2c, delta_c2i (acc_t3, ... with more
-                         attempts), each {"value", "ci"}: a 95% paired-bootstrap interval;
-                         split, n, transitions (fixes, breaks, wrong first attempts),
-                         answer_changes (share of second answers that differ from the first:
-                         all problems, and those wrong at t1), model_path, the resolved
-                         config, verifier fault counts
+                         attempts), each {"value", "ci", "method"}: a 95% paired-bootstrap
+                         interval, exact Clopper-Pearson for i->c and c->i (with "count");
+                         delta also has McNemar's exact "mcnemar_p" and its "i2c", "c2i"
+                         counts (`score_ray.evaluate.summarize`); split, n, transitions
+                         (fixes, breaks, wrong first attempts), answer_changes (share of
+                         second answers that differ from the first: all problems, and those
+                         wrong at t1), model_path, the resolved config, verifier fault
+                         counts, and "problems": {"uids", "rewards"} with rewards[k][i] for
+                         attempt k+1 on problem uids[i], so two evaluations can be compared
+                         problem by problem
     eval_problems.jsonl  per problem: question, gold answer, and each attempt's text,
                          extracted answer and reward
 """
@@ -143,6 +148,8 @@ def evaluate_model(
         "verify": verify_stats,
         "time_s": time.perf_counter() - started,
         "config": _config_dict(cfg),
+        # Last, being long: lets `score_ray.report` pair two evaluations by problem.
+        "problems": {"uids": [p.uid for p in problems], "rewards": rewards},
     }
     return report, rows
 
