@@ -10,7 +10,7 @@ import pytest
 
 from score_ray.config import ConfigError, TaskConfig, load_config
 from score_ray.tasks import Problem, load_task_splits, normalize_question
-from score_ray.tasks.code import HUMANEVAL_SIZE, build_program, read_mbpp_jsonl
+from score_ray.tasks.code import HUMANEVAL_SIZE, build_check, read_mbpp_jsonl
 from score_ray.verify import extract_answer, score_completion
 from score_ray.verify.scorers import extract_code
 
@@ -163,12 +163,9 @@ def test_hostile_completions_score_zero(humaneval_problems, completion):
     assert score_completion(problem, completion, "code", sandbox_timeout_s=1.0) == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit: tests run in the candidate's interpreter, so a result object whose "
-    "__eq__ always returns True fools `assert candidate(x) == y` (see sandbox docstring)",
-)
-def test_always_equal_objects_are_not_detected(humaneval_problems):
+def test_always_equal_objects_do_not_pass(humaneval_problems):
+    # The tests run in their own process and receive only plain data: an object whose
+    # __eq__ always says True never reaches `assert candidate(x) == y`.
     hack = (
         "class Anything:\n"
         "    def __eq__(self, other):\n"
@@ -266,7 +263,8 @@ def test_mbpp_scoring_uses_setup_code_and_tests(tmp_path):
     for problem in by_text.values():
         assert score_completion(problem, fenced(problem.answer), "code") == 1.0
     hyp = by_text["hypotenuse"]
-    assert "import math" in build_program(hyp, "pass")
+    check = build_check(hyp, "pass")
+    assert "import math" in check.setup and "import math" in check.candidate
     assert score_completion(hyp, fenced("def hyp(a, b):\n    return a + b"), "code") == 0.0
     add = by_text["numbers"]
     assert score_completion(add, fenced("def add(a, b):\n    return 3"), "code") == 0.0
