@@ -29,6 +29,7 @@ from typing import Any
 from score_ray.config import VerifierConfig
 from score_ray.tasks.base import Problem
 from score_ray.tasks.code import CODE_SOURCES, build_check
+from score_ray.verify.canaries import suspicious
 from score_ray.verify.sandbox import SandboxLimits, run_tests
 
 ANSWER_FORMATS = ("answer_tag", "boxed", "code")
@@ -183,6 +184,15 @@ def _score_code(
         check.candidate, check.tests, timeout_s, limits, setup=check.setup, calls=check.calls
     )
     return 1.0 if result.passed else 0.0
+
+
+def completion_canaries(problem: Problem, completion: str, answer_format: str) -> tuple[str, ...]:
+    """The reward-hack canaries (`score_ray.verify.canaries`) the completion's code trips;
+    () for a problem that is not answered with code, or a completion without code."""
+    if problem.meta.get("source") not in CODE_SOURCES or answer_format != "code":
+        return ()
+    code = extract_code(completion)
+    return suspicious(code) if code is not None else ()
 
 
 def _score_reasoning_gym(problem: Problem, answer: str | None) -> float:
