@@ -1,29 +1,33 @@
-"""The trusted inside of the code sandbox: a fork server and the three processes of each run.
+"""The trusted inside of the code sandbox: a fork server and the two processes of each run.
 
 `score_ray.verify.sandbox` starts this file once per process as `PYTHON -I -S forkserver.py`
 (standard library only, never imported by score-ray) and talks to it over a Unix socket. The
 server preloads the modules programs commonly import, then forks, per program:
 
-    server --fork--> runner R    own session; new mount, PID, network and IPC namespaces;
-                                  the host root re-mounted read-only, private tmpfs mounts
-    R --fork-------> tests T     PID 1 of the new PID namespace; fresh /proc; runs the tests
-    T --fork-------> candidate C runs the model's code as an unprivileged uid
+    server --fork--> runner R     own session; new mount, network and IPC namespaces: the
+                                  host root read-only, private tmpfs mounts; then it drops to
+                                  the tests' uid and is the test process
+    R --fork-------> candidate C  PID 1 of a new PID namespace (fresh /proc); runs the
+                                  model's code as the sandbox uid and answers the tests' calls
 
 Why forks of one server instead of a new interpreter per program: interpreter start-up and
 imports were two thirds of a program's cost, and the tests now need a second process.
 
 What each process may touch:
-- C gets its code, one end of a socket pair to T, and the output file; nothing else (the
+- C gets its code, one end of a socket pair to R, and the output file; nothing else (the
   server socket, the tests and the result pipe are closed before any of its code runs). It
-  runs as the sandbox uid (nobody), so it cannot signal, trace or read the memory of T.
-- T runs the trusted tests as a second unprivileged uid. Every name the tests call on the
-  candidate is a proxy: its arguments go to C as plain data and only plain data comes back
-  (None, bool, int, float, complex, str, bytes, and lists, tuples, dicts, sets and frozensets
-  of them, of exactly those types). So an object whose `__eq__` always says True never
-  reaches the tests, and no secret of T is in C's memory. T alone writes the pass marker.
-- R (root, trusted) waits for T, reports T's exit status and kills what is left.
+  runs as the sandbox uid (nobody), so it cannot signal, trace or read the memory of R, and
+  from its PID namespace it cannot even name R.
+- R reads the tests only after C is forked, drops to a second unprivileged uid and runs
+  them. Every name the tests call on the candidate is a proxy: its arguments go to C as plain
+  data and only plain data comes back (None, bool, int, float, complex, str, bytes, and
+  lists, tuples, dicts, sets and frozensets of them, of exactly those types). So an object
+  whose `__eq__` always says True never reaches the tests, and no secret of R is in C's
+  memory. R alone writes the pass marker, then its exit status and the run's CPU time.
+- The server (root, trusted) kills what is left of R's process group when R ends, before it
+  reaps R (so the group id cannot have been reused).
 
-Wire format between T and C: a 4-byte big-endian length, then JSON; tuples, dicts, sets,
+Wire format between R and C: a 4-byte big-endian length, then JSON; tuples, dicts, sets,
 frozensets, bytes and complex numbers are one-key objects ({"t": [...]}, {"d": [[k, v]]}, ...).
 A malformed or oversized message, a non-plain value or a vanished candidate fails the run.
 """
@@ -37,6 +41,7 @@ import gc
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -79,9 +84,9 @@ MAX_MESSAGE = 16 * 1024 * 1024
 """Largest message between tests and candidate; a larger one fails the run."""
 MAX_EXPORTS = 1000
 RUNNER_SETUP_FAILED = 120
-"""Exit status of T when the sandbox could not be set up (namespaces, mounts, uids)."""
+"""Exit status of R when the sandbox could not be set up (namespaces, mounts, uids)."""
 CHILD_WAIT_S = 0.2
-"""How long T waits for C to exit after the tests; then the namespace's end kills it."""
+"""How long R waits for C to exit after the tests; then the server kills R's group."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _server_pid = -1
@@ -240,66 +245,107 @@ def serve(server: socket.socket) -> None:
     # into every forked process.
     gc.freeze()
     prctl(PR_SET_DUMPABLE, 0)  # no process of the caller's uid may trace or read us
+    signal.signal(signal.SIGCHLD, _reap)
     while True:
-        _reap()
         try:
             message, fds, _, _ = socket.recv_fds(server, 1 << 16, 8)
         except OSError:
             message, fds = b"", []
         if not message:  # the caller closed the socket or died: the runners die with us
             os._exit(0)
-        pid = _fork(_runner, json.loads(message), fds, server)
+        # SIGCHLD waits until the pidfd is open: a runner reaped before would free its pid.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            pid = _fork(_runner, json.loads(message), fds, server)
+            pidfd = os.pidfd_open(pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         for fd in fds:
             os.close(fd)
-        pidfd = os.pidfd_open(pid)  # not reaped yet (see `_reap`), so the pid is still R's
         try:
             socket.send_fds(server, [struct.pack("i", pid)], [pidfd])
         finally:
             os.close(pidfd)
 
 
-def _reap() -> None:
-    """Reap finished runners (their CPU time then counts in ours, for benchmarks)."""
+def _reap(*_: object) -> None:
+    """SIGCHLD: for each runner that ended, kill what is left of its process group, then reap
+    it. Until it is reaped its pid (= its group's id) cannot be reused, so the kill is exact;
+    this is what ends leftovers of a run that has no PID namespace, and of a killed run."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return
-        if pid == 0:
+        if info is None:
             return
+        with contextlib.suppress(OSError):
+            os.killpg(info.si_pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
 
 
 def _runner(spec: dict, fds: list[int], server: socket.socket) -> int:
-    """R: set up the namespaces and filesystem, fork T, report its exit status, clean up."""
+    """R: namespaces and filesystem, fork C, then be the test process; report and exit.
+
+    The tests are read only after C is forked, so C's memory never holds them."""
     code_fd, tests_fd, result_fd, output_fd = fds
-    status, leader = RUNNER_SETUP_FAILED, False
+    status, pid = RUNNER_SETUP_FAILED, 0
     try:
         server.close()  # nothing below may reach the fork server
-        os.setsid()
-        leader = True
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        os.setsid()  # the server kills this group when the run ends
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != _server_pid:  # the server died before prctl: nobody waits for us
             return 1
         _only_fds((code_fd, tests_fd, result_fd, output_fd), output_fd)
-        signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
         flags = 0
         for name in spec["namespaces"]:
             flags |= NAMESPACE_FLAGS[name]
         if flags:
-            unshare(flags)
+            unshare(flags)  # R enters the new mount, network and IPC namespaces; C the PID one
         if flags & CLONE_NEWNS:
             _private_filesystem(spec)
-        pid = _fork(_test_process, spec, code_fd, tests_fd, result_fd)
-        _, wait_status = os.waitpid(pid, 0)
-        status = os.waitstatus_to_exitcode(wait_status)
+        mine, theirs = socket.socketpair()
+        pid = _fork(_candidate_process, spec, code_fd, theirs, mine, (tests_fd, result_fd))
+        theirs.close()
+        os.close(code_fd)
+        with os.fdopen(tests_fd, "rb") as file:
+            tests = json.loads(file.read())
+        _confine(spec, spec["test_uid"], spec["test_gid"])
+        prctl(PR_SET_DUMPABLE, 0)  # even at the same uid, C may not trace or read R
+        if os.getppid() != _server_pid:  # the server died before the death signal was armed
+            return 1
     except BaseException as error:
         _say(f"sandbox setup failed: {type(error).__name__}: {error}\n")
-    try:
-        os.write(result_fd, b"S" + struct.pack(">i", status))
-    finally:
-        if leader:  # leftovers of the run (and R itself) end here
-            os.killpg(0, signal.SIGKILL)
+    else:
+        status = _test(tests, mine, result_fd)
+        mine.close()
+        _await(pid)
+    os.write(result_fd, b"S" + struct.pack(">id", status, _cpu_seconds()))
     return status
+
+
+def _test(tests: dict, channel: socket.socket, result_fd: int) -> int:
+    """Run the tests against C; only a full pass writes the marker. The exit status."""
+    try:
+        _run_tests(tests, channel)
+    except Fatal as error:  # the candidate's doing, not a test's
+        _say(f"tests stopped: {error}\n")
+        return 1
+    except BaseException as error:
+        _say(_describe(error, ("tests.py", "setup.py")))
+        return 1
+    os.write(result_fd, b"P" + tests["nonce"].encode())
+    return 0
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this runner and of the processes it (and they) reaped: the whole run."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _only_fds(keep: tuple[int, ...], output_fd: int) -> None:
@@ -319,7 +365,8 @@ def _say(text: str) -> None:
 
 
 def _private_filesystem(spec: dict) -> None:
-    """In R's new mount namespace: the host read-only, size-limited tmpfs where it was not."""
+    """In R's new mount namespace: the host read-only; size-limited private tmpfs mounts on
+    the world-writable directories and the work directory."""
     mount("none", "/", None, MS_REC | MS_PRIVATE, None)  # nothing propagates to the host
     for target, flags in _mounts():
         mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags, None)
@@ -353,49 +400,16 @@ def _unescape(path: str) -> str:
     return path
 
 
-# --- T: the tests -------------------------------------------------------------------------
-
-
-def _test_process(spec: dict, code_fd: int, tests_fd: int, result_fd: int) -> int:
-    """T: fork C, read the tests (after the fork: C never holds them), drop privileges, run
-    the tests against C; only a full pass writes the marker. Returns T's exit status."""
-    try:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if spec["fresh_proc"]:
-            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-        mine, theirs = socket.socketpair()
-        pid = _fork(_candidate_process, spec, code_fd, theirs, mine, (tests_fd, result_fd))
-        theirs.close()
-        os.close(code_fd)
-        with os.fdopen(tests_fd, "rb") as file:
-            tests = json.loads(file.read())
-        _confine(spec, spec["test_uid"], spec["test_gid"])
-        prctl(PR_SET_DUMPABLE, 0)  # even at the same uid, C may not trace or read T
-    except BaseException as error:
-        _say(f"sandbox setup failed: {type(error).__name__}: {error}\n")
-        return RUNNER_SETUP_FAILED
-    try:
-        _run_tests(tests, mine)
-    except BaseException as error:
-        _say(_describe(error, ("tests.py", "setup.py")))
-        return 1
-    os.write(result_fd, b"P" + tests["nonce"].encode())
-    mine.close()
-    _await(pid)
-    return 0
+# --- the tests ------------------------------------------------------------------------------
 
 
 def _await(pid: int) -> None:
     """Give C a moment to exit after the channel closed (so its CPU time is accounted)."""
-    try:
+    with contextlib.suppress(OSError, ChildProcessError):
         pidfd = os.pidfd_open(pid)
-        import select
-
         select.select([pidfd], [], [], CHILD_WAIT_S)
         os.close(pidfd)
         os.waitpid(pid, os.WNOHANG)
-    except (OSError, ChildProcessError):
-        pass
 
 
 def _run_tests(tests: dict, channel: socket.socket) -> None:
@@ -477,6 +491,8 @@ def _candidate_process(
 ) -> int:
     """C: drop privileges, run the candidate's code, then answer calls until the tests end."""
     try:
+        if spec["fresh_proc"]:  # PID 1 of its namespace: /proc shows only its own processes
+            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
         tests_end.close()
         for fd in fds:  # the tests and the result pipe
             os.close(fd)
@@ -486,6 +502,9 @@ def _candidate_process(
         os.chdir(workdir)
         os.environ["HOME"] = workdir
         _confine(spec, spec["uid"], spec["gid"])
+        # R gone (killed at the timeout) before the death signal was armed: go too.
+        if select.select([channel], [], [], 0)[0] and not channel.recv(1, socket.MSG_PEEK):
+            return 1
     except BaseException as error:
         _say(f"sandbox setup failed: {type(error).__name__}: {error}\n")
         return RUNNER_SETUP_FAILED
@@ -530,6 +549,9 @@ def _confine(spec: dict, uid: int, gid: int) -> None:
         # Root only inside the caller's user namespace: a nested one leaves no capability over
         # the mounts (the kernel locks them), so the private filesystem cannot be undone.
         unshare(CLONE_NEWUSER)
+    # Die with the parent. Armed (again) only now: changing credentials clears it; the caller
+    # checks that its parent did not die before this line.
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _exports(namespace: dict) -> list[str]:

@@ -103,6 +103,9 @@ class SandboxResult:
     verdict."""
     wall_s: float
     """Seconds from the request to the verdict."""
+    cpu_s: float | None
+    """CPU seconds of the run's processes (runner, tests, candidate); None if it was killed.
+    Forking the runner is charged to the fork server (`server_cpu_seconds`)."""
     isolation: str
     """The isolation in force, e.g. "mntns+pidns+netns+ipcns+proc+uid:65534"."""
 
@@ -322,9 +325,9 @@ class _ForkServer:
             self.process.wait(timeout=5)
 
     def cpu_seconds(self) -> float:
-        """CPU time of the server and of every runner it has reaped (for benchmarks)."""
+        """CPU time of the server itself: mostly forking runners (for benchmarks)."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 _servers: dict[tuple[tuple[str, ...], str], _ForkServer] = {}
@@ -361,7 +364,8 @@ os.register_at_fork(after_in_child=_forget_servers)
 
 
 def server_cpu_seconds() -> float:
-    """CPU seconds used so far by this process's fork servers and the runs they reaped."""
+    """CPU seconds used so far by this process's fork servers themselves (not their runs:
+    `SandboxResult.cpu_s` has those)."""
     with _servers_lock:
         return sum(server.cpu_seconds() for server in _servers.values())
 
@@ -415,7 +419,7 @@ def _run(
             os.close(result_r)
         output.seek(0)
         head = output.read(max(0, limits.output_bytes)).decode("utf-8", "replace")
-    marker, status = _parse_report(report)
+    marker, status, cpu_s = _parse_report(report)
     passed = not timed_out and status == 0 and hmac.compare_digest(marker, b"P" + nonce.encode())
     return SandboxResult(
         passed=passed,
@@ -423,6 +427,7 @@ def _run(
         returncode=status,
         output=head,
         wall_s=time.perf_counter() - started,
+        cpu_s=cpu_s,
         isolation=iso.name,
     )
 
@@ -474,17 +479,15 @@ def _memfd(name: str, data: bytes) -> int:
 
 
 def _wait_or_kill(pidfd: int, timeout_s: float) -> bool:
-    """Wait up to `timeout_s` for the runner; then end its whole process group. True if it
-    timed out. A pidfd names the runner even after it exits: no pid can be reused under us."""
+    """Wait up to `timeout_s` for the runner, else kill it; True if it timed out. A pidfd
+    names the runner even after it exits: no pid can be reused under us. The candidate dies
+    with it (parent-death signal, PID namespace); the fork server then kills the rest of the
+    runner's process group before reaping it."""
     if _exited(pidfd, timeout_s):
         return False
-    # SIGTERM: the runner's handler kills its process group (every process of the run, even
-    # without a PID namespace); SIGKILL if it does not go at once.
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, sig)
-        if _exited(pidfd, _KILL_GRACE_S):
-            break
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    _exited(pidfd, _KILL_GRACE_S)
     return True
 
 
@@ -503,12 +506,15 @@ def _read_available(fd: int) -> bytes:
         return b""
 
 
-def _parse_report(report: bytes) -> tuple[bytes, int | None]:
-    """(the test process's pass marker or b"", the runner's status record or None)."""
-    marker, status = b"", None
-    if len(report) >= 5 and report[-5:-4] == b"S":  # the runner writes last
-        status = struct.unpack(">i", report[-4:])[0]
-        report = report[:-5]
-    if report.startswith(b"P"):
-        marker = report
-    return marker, status
+_STATUS = struct.Struct(">id")  # the runner's record: T's exit status, the run's CPU seconds
+
+
+def _parse_report(report: bytes) -> tuple[bytes, int | None, float | None]:
+    """(the test process's pass marker or b"", T's exit status, the run's CPU seconds); the
+    runner writes its record ("S" + _STATUS) last, so it is at the end when present."""
+    size = 1 + _STATUS.size
+    if len(report) < size or report[-size : -size + 1] != b"S":
+        return (report if report.startswith(b"P") else b""), None, None
+    status, cpu_s = _STATUS.unpack(report[-_STATUS.size :])
+    marker = report[:-size]
+    return (marker if marker.startswith(b"P") else b""), status, cpu_s

@@ -265,27 +265,42 @@ import posix
 """
 
 
+def test_the_test_process_is_out_of_sight():
+    # The candidate is PID 1 of its own PID namespace: the test process has no pid there.
+    candidate = UNBLOCK + textwrap.dedent(
+        """
+        def look():
+            pids = sorted(int(p) for p in posix.listdir("/proc") if p.isdigit())
+            return [posix.getpid(), posix.getppid(), pids]
+        """
+    )
+    result = check(candidate, "assert look() == [1, 0, [1]]\n")
+    assert result.passed, result
+
+
+# Each finds the test process (the one process of the tests' uid) through the host's view, as
+# it would without the PID namespace, then attacks it.
+FIND_TESTS = "[int(p) for p in posix.listdir('/proc') if p.isdigit() and int(p) > 1][:1] or [0]"
+
+
 @pytest.mark.parametrize(
     "attack",
     [
-        "posix.kill(1, 9)",
-        "posix.kill(posix.getppid(), 9)",
+        "posix.kill(0, 9)",
         "posix.kill(-1, 9)",
-        "open('/proc/1/mem', 'rb').read(1)",
-        "open('/proc/%d/environ' % posix.getppid(), 'rb').read()",
-        "posix.listdir('/proc/1/fd')",
-        "import ctypes; assert ctypes.CDLL(None, use_errno=True).ptrace(16, 1, 0, 0) == 0",
+        "posix.kill({tests}[0], 9)",
+        "open('/proc/%d/mem' % {tests}[0], 'rb').read(1)",
+        "open('/proc/%d/environ' % {tests}[0], 'rb').read()",
+        "posix.listdir('/proc/%d/fd' % {tests}[0])",
+        "import ctypes; assert ctypes.CDLL(None).ptrace(16, {tests}[0], 0, 0) == 0",
     ],
-    ids=["kill-init", "kill-parent", "kill-all", "mem", "environ", "fds", "ptrace"],
+    ids=["kill-group", "kill-all", "kill-tests", "mem", "environ", "fds", "ptrace"],
 )
 def test_touching_the_test_process_fails(attack):
     # A wrong answer that tries to reach the test process first: must fail either way.
+    attack = attack.format(tests=FIND_TESTS)
     candidate = UNBLOCK + f"def solve():\n    {attack}\n    return 'wrong'\n"
-    result = check(candidate, "assert solve() == 'right'\n")
-    assert_fails(result)
-    ignored = UNBLOCK + f"def solve():\n    try:\n        {attack}\n    except Exception:\n"
-    ignored += "        return 'right'\n    return 'touched'\n"
-    assert check(ignored, "assert solve() == 'right'\n").passed  # the attempt was refused
+    assert_fails(check(candidate, "assert solve() == 'right'\n"))
 
 
 def test_the_candidate_cannot_find_the_tests_or_the_nonce():
