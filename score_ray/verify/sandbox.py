@@ -148,6 +148,7 @@ _PROBE_CANDIDATE = (
 )
 _PROBE_TESTS = "assert probe(2) == {'x': (2, [1.5, None, 'a'])}\n"
 _PROBE_TIMEOUT_S = 20.0
+_SETUP_FAILED = 120  # forkserver.RUNNER_SETUP_FAILED: namespaces, mounts or uids failed
 _KILL_GRACE_S = 1.0
 
 
@@ -166,8 +167,8 @@ def run_tests(
     `calls` (default: every name the tests read that the candidate defines and that neither
     `setup` nor the builtins define) becomes a proxy for the candidate's function of that
     name. Passed iff the candidate's code ran to its end and the tests then ran to theirs.
-    Never raises because of what `candidate` does; raises OSError only if the host cannot
-    start a process at all.
+    Never raises because of what `candidate` does; raises OSError if the host cannot start
+    or set up the sandbox's processes.
     """
     return _run(candidate, timeout_s, limits or SandboxLimits(), isolation(), tests, setup, calls)
 
@@ -353,10 +354,13 @@ def _close_servers() -> None:
 
 
 def _forget_servers() -> None:
-    """In a forked child: the parent's servers are the parent's (close our copies only)."""
+    """In a forked child: the parent's servers are the parent's (close our copies only), and
+    a lock another thread of the parent held at the fork would stay held: new ones."""
+    global _servers_lock, _detect_lock
     for server in _servers.values():
         server.socket.close()
     _servers.clear()
+    _servers_lock, _detect_lock = threading.Lock(), threading.Lock()
 
 
 atexit.register(_close_servers)
@@ -420,6 +424,8 @@ def _run(
         output.seek(0)
         head = output.read(max(0, limits.output_bytes)).decode("utf-8", "replace")
     marker, status, cpu_s = _parse_report(report)
+    if status == _SETUP_FAILED:  # the host's doing, not the candidate's: say so, loudly
+        raise OSError(f"sandbox setup failed ({iso.name}): {head.strip()[:500]}")
     passed = not timed_out and status == 0 and hmac.compare_digest(marker, b"P" + nonce.encode())
     return SandboxResult(
         passed=passed,

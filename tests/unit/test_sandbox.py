@@ -457,3 +457,24 @@ def test_detection_without_root_uses_a_user_namespace(fresh_detection, monkeypat
     if "userns" in iso.name:
         assert {"mntns", "netns", "pidns", "ipcns"} <= set(iso.name.split("+"))
     assert run_untrusted("assert True\n", TIMEOUT_S).passed
+
+
+def test_a_dead_fork_server_is_replaced():
+    import score_ray.verify.sandbox as sandbox
+
+    assert run_untrusted("assert True\n", TIMEOUT_S).passed
+    iso = isolation()
+    server = sandbox._servers[(iso.prefix, iso.python)]
+    server.process.kill()
+    server.process.wait()
+    assert run_untrusted("assert True\n", TIMEOUT_S).passed
+    assert sandbox._servers[(iso.prefix, iso.python)] is not server
+
+
+def test_a_sandbox_that_cannot_be_set_up_raises():
+    # Not the candidate's fault, so not a silent 0: the verifier pool counts it as an error.
+    if isolation().uid < 0:
+        pytest.skip("no uid drop here")
+    broken = replace(isolation(), test_uid=2**32 - 1, test_gid=2**32 - 1)  # setuid fails
+    with pytest.raises(OSError, match="sandbox setup failed"):
+        _run("assert True\n", TIMEOUT_S, SandboxLimits(), broken)
