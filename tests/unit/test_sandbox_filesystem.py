@@ -63,10 +63,14 @@ def hostile(marker: str, places: list[str]) -> str:
     return textwrap.dedent(HOSTILE.format(marker=marker, places=places))
 
 
-def leftovers(marker: str, places: list[str]) -> list[str]:
-    found = []
-    for place in places:
-        found += [str(p) for p in Path(place).glob(marker + "*")]
+def take_leftovers(marker: str, places: list[str]) -> list[str]:
+    """The files a run left on the host under `places`, removed (a weaker level leaks)."""
+    found = [str(path) for place in places for path in Path(place).glob(marker + "*")]
+    for path in found:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
     return found
 
 
@@ -115,9 +119,7 @@ def test_hostile_writes_leave_nothing_on_the_host(host_dir):
     iso = isolation()
     places = [*SCRATCH, host_dir, "/", str(REPO)]
     marker, outcome = run_hostile(iso, places)
-    found = leftovers(marker, places)
-    for path in found:  # clean up whatever a weaker level let through
-        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+    found = take_leftovers(marker, places)
     if not iso.private_filesystem:
         assert outcome[host_dir] == "ok" and found, "the documented gap of this level"
         pytest.skip(f"level {iso.name}: world-writable host directories are shared")
@@ -185,9 +187,7 @@ def test_without_namespaces_the_level_says_so_and_only_the_uid_protects(host_dir
     plain = replace(isolation(), namespaces=(), fresh_proc=False, name="uid-only")
     places = [host_dir, str(REPO)]
     marker, outcome = run_hostile(plain, places)
-    found = leftovers(marker, places)
-    for path in found:
-        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+    found = take_leftovers(marker, places)
     assert outcome[host_dir] == "ok"  # world-writable host directories are shared here
     if plain.uid >= 0:  # as root: the repository (not the candidate's) stays untouched
         assert outcome[str(REPO)] == "EACCES"
@@ -229,9 +229,7 @@ def test_an_unprivileged_caller_gets_a_user_namespace(host_dir):
     name, passed, output = json.loads(done.stdout.strip().splitlines()[-1])
     assert passed, output
     outcome = json.loads(output.strip().splitlines()[-1])
-    found = leftovers(marker, places)
-    for path in found:
-        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+    found = take_leftovers(marker, places)
     if userns.returncode != 0:
         assert "mntns" not in name
         pytest.skip(f"no unprivileged user namespaces here: level {name}")
