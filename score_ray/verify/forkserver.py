@@ -21,7 +21,8 @@ What each process may touch:
 - R reads the tests only after C is forked, drops to a second unprivileged uid and runs
   them. Every name the tests call on the candidate is a proxy: its arguments go to C as plain
   data and only plain data comes back (None, bool, int, float, complex, str, bytes, and
-  lists, tuples, dicts, sets and frozensets of them, of exactly those types). So an object
+  lists, tuples, dicts, sets and frozensets of them, of exactly those types; a Counter,
+  OrderedDict or defaultdict goes as the dict of its items). So an object
   whose `__eq__` always says True never reaches the tests, and no secret of R is in C's
   memory. R alone writes the pass marker, then its exit status and the run's CPU time.
 - The server (root, trusted) kills what is left of R's process group when R ends, before it
@@ -35,6 +36,7 @@ A malformed or oversized message, a non-plain value or a vanished candidate fail
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 import ctypes
 import gc
@@ -133,6 +135,9 @@ def prctl(option: int, value: int) -> None:
 # --- plain data ---------------------------------------------------------------------------
 
 _SCALARS = (type(None), bool, int, float, str)
+# The standard library's dicts that MBPP solutions return (`Counter(...)`): sent as the plain
+# dict of their items, read with dict's own method. Any other subclass of a plain type fails.
+_DICTS = (dict, collections.Counter, collections.OrderedDict, collections.defaultdict)
 
 
 def encode(value: object) -> object:
@@ -144,8 +149,8 @@ def encode(value: object) -> object:
         return [encode(item) for item in value]  # type: ignore[attr-defined]
     if kind is tuple:
         return {"t": [encode(item) for item in value]}  # type: ignore[attr-defined]
-    if kind is dict:
-        return {"d": [[encode(k), encode(v)] for k, v in value.items()]}  # type: ignore[attr-defined]
+    if kind in _DICTS:
+        return {"d": [[encode(k), encode(v)] for k, v in dict.items(value)]}  # type: ignore[arg-type]
     if kind is set or kind is frozenset:
         return {"s" if kind is set else "f": [encode(item) for item in value]}  # type: ignore[attr-defined]
     if kind is bytes:
