@@ -76,7 +76,7 @@ MOUNT_OPTION_FLAGS = {
     "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
     "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME,
 }  # fmt: skip
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
 
 WORKDIR = "/tmp/sandbox"
 """The candidate's cwd and $HOME under a private filesystem: its own tmpfs."""
@@ -250,6 +250,10 @@ def serve(server: socket.socket) -> None:
     # into every forked process.
     gc.freeze()
     prctl(PR_SET_DUMPABLE, 0)  # no process of the caller's uid may trace or read us
+    # Orphans of a run (a candidate whose runner was killed, leftovers without a PID
+    # namespace) become ours, not the host init's: reaped at once, they stop counting against
+    # the sandbox uid's RLIMIT_NPROC.
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGCHLD, _reap)
     while True:
         try:
@@ -274,9 +278,10 @@ def serve(server: socket.socket) -> None:
 
 
 def _reap(*_: object) -> None:
-    """SIGCHLD: for each runner that ended, kill what is left of its process group, then reap
-    it. Until it is reaped its pid (= its group's id) cannot be reused, so the kill is exact;
-    this is what ends leftovers of a run that has no PID namespace, and of a killed run."""
+    """SIGCHLD: for each runner (or orphan) that ended, kill what is left of its process
+    group, then reap it. Until it is reaped its pid (= its group's id) cannot be reused, so the
+    kill is exact; this ends the leftovers of a run without a PID namespace, or of a killed
+    run."""
     while True:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)

@@ -139,6 +139,7 @@ class Isolation:
 # Only what an interpreter needs; nothing of the caller's environment (tokens, keys) leaks.
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 _FORKSERVER = Path(__file__).with_name("forkserver.py")
+OWNER_VARIABLE = "SCORE_RAY_SANDBOX_OWNER"
 _ALL_NAMESPACES = ("mnt", "pid", "net", "ipc")
 _PROBE_CANDIDATE = (
     "import colorsys, json, textwrap\n"  # not preloaded: the stdlib must be readable
@@ -295,7 +296,9 @@ class _ForkServer:
         try:
             self.process = subprocess.Popen(
                 [*prefix, python, "-I", "-S", str(_FORKSERVER), str(theirs.fileno())],
-                env=_ENV,
+                # The owner's pid tags every sandboxed process (/proc/PID/environ), so an
+                # operator, or a test on a shared machine, can tell whose they are.
+                env={**_ENV, OWNER_VARIABLE: str(os.getpid())},
                 cwd="/",
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from score_ray.verify.sandbox import (
+    OWNER_VARIABLE,
     Isolation,
     SandboxLimits,
     SandboxResult,
@@ -47,16 +48,21 @@ def run(program: str, timeout_s: float = TIMEOUT_S, **limits) -> SandboxResult:
 
 
 def processes_of_uid(uid: int) -> list[int]:
+    """Our sandboxes' processes still running as `uid` (other users of this machine may run
+    sandboxes too: only processes tagged with our pid count, and those already exiting, whose
+    memory, and so their tag, is gone but which still count against RLIMIT_NPROC)."""
+    tag = f"{OWNER_VARIABLE}={os.getpid()}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             status = (entry / "status").read_text()
+            environ = (entry / "environ").read_bytes()
         except OSError:  # exited while we looked
             continue
         uids = next(line for line in status.splitlines() if line.startswith("Uid:"))
-        if int(uids.split()[1]) == uid:
+        if int(uids.split()[1]) == uid and (not environ or tag in environ.split(b"\0")):
             pids.append(int(entry.name))
     return pids
 
