@@ -412,18 +412,16 @@ def _run(
         code = _memfd("code", candidate.encode("utf-8", "surrogatepass"))
         spec = _memfd("tests", json.dumps(test_spec).encode())
         result_r, result_w = os.pipe()
+        stack.callback(os.close, result_r)
         try:
             request = _request(iso, limits, workdir)
             pidfd = _start(iso, request, [code, spec, result_w, output.fileno()])
         finally:
-            for fd in (code, spec, result_w):
+            for fd in (code, spec, result_w):  # the runner has its own copies now
                 os.close(fd)
-        try:
-            timed_out = _wait_or_kill(pidfd, timeout_s)
-            report = _read_available(result_r)
-        finally:
-            os.close(pidfd)
-            os.close(result_r)
+        stack.callback(os.close, pidfd)
+        timed_out = _wait_or_kill(pidfd, timeout_s)
+        report = _read_available(result_r)
         output.seek(0)
         head = output.read(max(0, limits.output_bytes)).decode("utf-8", "replace")
     marker, status, cpu_s = _parse_report(report)
