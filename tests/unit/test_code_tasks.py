@@ -66,6 +66,22 @@ def test_every_canonical_humaneval_solution_passes(humaneval_problems):
     assert failed == []
 
 
+def test_every_humaneval_problem_fails_a_wrong_answer(humaneval_problems):
+    # The other half of keeping the verdicts: the tests still catch a wrong function on every
+    # problem now that they call it through a proxy.
+    passed = [
+        task_id
+        for task_id, problem in humaneval_problems.items()
+        if score_completion(
+            problem,
+            fenced(f"def {problem.meta['entry_point']}(*args, **kwargs):\n    return None"),
+            "code",
+        )
+        != 0.0
+    ]
+    assert passed == []
+
+
 @pytest.mark.parametrize("task_id", ["HumanEval/0", "HumanEval/10", "HumanEval/38"])
 def test_humaneval_full_function_passes_and_stub_or_wrong_fails(humaneval_problems, task_id):
     problem = humaneval_problems[task_id]
