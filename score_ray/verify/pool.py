@@ -14,6 +14,10 @@ hung and never costs an innocent item its reward; parallelism comes from
 `verifier.num_workers`. An item's deadline starts when its actor is ready, so
 a replacement's start-up (a new process, scorer imports) is not charged to it.
 
+With each reward an actor returns the reward-hack canaries the completion
+tripped (`score_ray.verify.canaries`); `VerifyStats` counts them, and the step's
+metrics carry the counts as `verify/suspicious` and `verify/suspicious_<kind>`.
+
 Nothing here ever stops a training step.
 """
 
@@ -31,6 +35,7 @@ from ray.exceptions import RayActorError
 from score_ray.config import VerifierConfig
 from score_ray.placement import Placement
 from score_ray.tasks.base import Problem
+from score_ray.verify.canaries import KINDS
 
 _POLL_S = 0.05
 _MAX_TRIES = 2
@@ -50,28 +55,33 @@ class Verifier:
         import reasoning_gym  # noqa: F401
 
         import score_ray.verify.scorers  # noqa: F401
+        from score_ray.verify.sandbox import isolation
 
+        if answer_format == "code":
+            isolation()  # probe the host and start the fork server before any deadline runs
         self.cfg = cfg
         self.answer_format = answer_format
 
     def ready(self) -> bool:
         return True
 
-    def score(self, problem: Problem, completion: str) -> float:
-        from score_ray.verify.scorers import score_completion
+    def score(self, problem: Problem, completion: str) -> tuple[float, tuple[str, ...]]:
+        """The reward (0 or 1) and the reward-hack canaries the completion trips."""
+        from score_ray.verify.scorers import completion_canaries, score_completion
 
         draw = _chaos_draw(problem.uid, completion)
         if draw < self.cfg.chaos_raise_rate:
             raise InjectedFault(f"injected verifier fault for {problem.uid}")
         if draw < self.cfg.chaos_raise_rate + self.cfg.chaos_hang_rate:
             time.sleep(10**9)  # injected hang; the pool's deadline must catch it
-        return score_completion(
+        reward = score_completion(
             problem,
             completion,
             self.answer_format,
             sandbox_timeout_s=self.cfg.sandbox_timeout_s,
             sandbox_memory_mb=self.cfg.sandbox_memory_mb,
         )
+        return reward, completion_canaries(problem, completion, self.answer_format)
 
 
 def _chaos_draw(uid: str, completion: str) -> float:
@@ -86,12 +96,24 @@ class VerifyStats:
     timeouts: int = 0
     restarts: int = 0
     seconds: float = 0.0
+    suspicious: int = 0
+    """Scored completions that tripped a reward-hack canary (`score_ray.verify.canaries`)."""
+    suspicious_kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    """The same, per canary kind (a completion may trip several)."""
+
+    def count_canaries(self, kinds: tuple[str, ...]) -> None:
+        if kinds:
+            self.suspicious += 1
+        for kind in kinds:
+            self.suspicious_kinds[kind] = self.suspicious_kinds.get(kind, 0) + 1
 
     def as_metrics(self) -> dict[str, float]:
         return {
             "verify/errors": self.errors,
             "verify/timeouts": self.timeouts,
             "verify/restarts": self.restarts,
+            "verify/suspicious": self.suspicious,
+            **{f"verify/suspicious_{kind}": n for kind, n in self.suspicious_kinds.items()},
         }
 
 
@@ -175,7 +197,9 @@ class VerifierPool:
         call = inflight.pop(ref)
         self.slots[call.actor].busy = False
         try:
-            rewards[call.item] = float(ray.get(ref))
+            reward, kinds = ray.get(ref)
+            rewards[call.item] = float(reward)
+            stats.count_canaries(kinds)
         except RayActorError:
             if call.tries < _MAX_TRIES:
                 queue.append((call.item, call.tries + 1))

@@ -1,79 +1,75 @@
-"""Run one untrusted Python program in a throw-away, resource-limited process.
+"""Run untrusted Python code in a throw-away, resource-limited sandbox, and test it from outside.
 
-`run_untrusted(program, timeout_s, limits)` is the only way score-ray executes model-written
-code. Every call gets its own process, started as
+`run_tests(candidate, tests, ...)` is how score-ray scores model-written code: the candidate
+runs in one sandboxed process, the (trusted) tests in another, and the tests reach the
+candidate's functions only through proxies that carry plain data (see `forkserver`). A pass
+needs every test to pass in the test process. `run_untrusted(program, ...)` runs a program
+with no tests; it passes iff the program runs to its end without raising.
 
-    setpriv --pdeathsig KILL -- unshare --net --pid --fork --kill-child -- \\
-        PYTHON -I -S -c BOOTSTRAP PARAMS
+Each process that uses the sandbox starts one fork server (`forkserver.py`, in an interpreter
+whose standard library the sandbox uid can read) and asks it for one runner per program; the
+runner sets up, per program and as far as this host allows:
 
-and the trusted BOOTSTRAP (below) prepares the process before any candidate code runs:
+1. mount namespace: the host root re-mounted read-only; private tmpfs mounts (size- and
+   inode-limited) on /tmp, /var/tmp, /dev/shm and the work directory /tmp/sandbox
+   (also $HOME); all of it ends with the run, so nothing written reaches the host;
+2. PID namespace with a fresh /proc: no host process is visible, every process of the run
+   dies with it; network namespace: no interface but a downed loopback; IPC namespace:
+   no System V or POSIX IPC object outlives the run;
+3. two unprivileged uids: `nobody` for the candidate and an unused uid for the tests, so
+   the candidate cannot signal, trace or read the test process;
+4. resource limits (CPU seconds, address space, file size, processes, open files), and a
+   wall-clock timeout after which the runner's whole process group is killed.
 
-1. reads a random per-run nonce from a pipe and closes that pipe;
-2. applies resource limits (`resource.setrlimit`): CPU seconds, address space, file size,
-   processes (RLIMIT_NPROC), open files, no core dumps;
-3. as root: drops to the unprivileged `nobody` uid/gid with no supplementary groups;
-4. removes process-spawning, signalling and networking entry points from `os`/`posix` and
-   blocks `socket`, `subprocess`, `ctypes`, `multiprocessing`, ... (defence in depth only:
-   the uid, the namespaces and the rlimits are the containment; this preamble can be undone
-   from Python and is not relied on);
-5. executes `program` (candidate code followed by its tests) as module `__candidate__`;
-6. only if that returns without raising, writes the nonce to a result pipe and exits 0.
+The verdict never reads the program's output: the test process writes a per-run nonce to a
+pipe only it holds after every test passed; the runner reports its exit status. Printing
+"all tests passed", `sys.exit(0)`, `os._exit(0)` or crashing all score 0, and since the tests
+never see a candidate's object, a result whose `__eq__` always says True scores 0 too.
 
-The parent gives a pass only if the result pipe carries exactly the nonce AND the process
-exited 0 AND the wall-clock timeout did not fire. The verdict never looks at stdout: printing
-"all tests passed", `os._exit(0)`, `sys.exit(0)`, raising SystemExit or dying early all fail.
-
-What the nonce scheme guarantees and what it does not: candidate and tests share one
-interpreter, so a program that deliberately hunts for the nonce (in the bootstrap's frame,
-via `gc`, or by reading the memory of its own process) can forge a pass, as can a "solution"
-whose return values lie about equality (`__eq__` returning True). The nonce stops every
-accidental or lazy fake (stdout, exit status, early exit, a crash after a partial run); it is
-not a defence against a program written to attack this harness. Running the tests in a
-separate process that only receives plain data back would close that gap.
-
-Why a bootstrap instead of `preexec_fn`: the verifier actors are threaded, and CPython
-documents `preexec_fn` as unsafe with threads (the forked child can deadlock on a lock some
-other thread held); it also disables `vfork`, making every spawn slower in a large parent.
-The bootstrap runs after `exec`, single-threaded, before any untrusted byte is executed, so
-the limits bind the candidate exactly as they would from `preexec_fn`.
-
-Why `-I -S`: isolated mode ignores PYTHON* environment variables, the user site and the
-current directory on `sys.path`; `-S` skips `site`, so no `.pth` file of the host's
-environment runs and no site-packages are importable (HumanEval/MBPP solutions need only the
-standard library). It also halves the interpreter's start-up time.
-
-Isolation is detected once per process (`isolation()`), degrading gracefully: without
-`unshare` there are no namespaces; without root there is no uid drop; if the running
-interpreter's standard library is unreadable by `nobody` (e.g. a pyenv build under /root), a
-system `python3` that `nobody` can run is used instead. `SandboxResult.isolation` names what
-was in force, e.g. ``netns+pidns+uid:65534``.
+Isolation is detected once per process (`isolation()`) and degrades gracefully: as root all
+of the above; not root, a user namespace gives the namespaces and the private filesystem
+but no second uid (capabilities are dropped instead); where no namespace can be created, only
+the uid drop (as root) and the limits remain. `SandboxResult.isolation` names what was in
+force, e.g. ``mntns+pidns+netns+ipcns+proc+uid:65534`` (docs/sandbox.md says what each part
+guarantees).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hmac
+import json
 import os
 import pwd
 import secrets
 import select
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO
+from pathlib import Path
 
-__all__ = ["Isolation", "SandboxLimits", "SandboxResult", "isolation", "run_untrusted"]
+__all__ = [
+    "Isolation",
+    "SandboxLimits",
+    "SandboxResult",
+    "isolation",
+    "run_tests",
+    "run_untrusted",
+]
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-program resource limits, applied with setrlimit before the candidate runs."""
+    """Per-program resource limits (setrlimit on both processes, tmpfs sizes)."""
 
     cpu_s: int = 5
     """RLIMIT_CPU: CPU seconds (SIGXCPU at the soft limit, SIGKILL one second later)."""
@@ -86,6 +82,10 @@ class SandboxLimits:
     host (other concurrent sandboxes included), so 1 means: no new processes or threads."""
     max_open_files: int = 64
     """RLIMIT_NOFILE."""
+    tmpfs_mb: int = 16
+    """Size of each private tmpfs (work directory, /tmp, /var/tmp, /dev/shm)."""
+    tmpfs_inodes: int = 1024
+    """Files and directories each private tmpfs may hold."""
     output_bytes: int = 4096
     """How much of the program's combined stdout/stderr is kept in the result (debugging)."""
 
@@ -93,17 +93,21 @@ class SandboxLimits:
 @dataclass(frozen=True)
 class SandboxResult:
     passed: bool
-    """The program ran to its end without raising: nonce received, exit status 0, in time."""
+    """Every test passed in the test process (nonce received), which exited 0, in time."""
     timed_out: bool
-    """The wall-clock timeout fired and the process group was killed."""
+    """The wall-clock timeout fired and the run's process group was killed."""
     returncode: int | None
-    """Exit status of the sandbox process (negative: killed by that signal)."""
+    """Exit status of the test process (negative: killed by that signal); None if unknown."""
     output: str
-    """The first `limits.output_bytes` of stdout+stderr. Never used for the verdict."""
+    """The first `limits.output_bytes` of stdout+stderr of both processes. Never used for the
+    verdict."""
     wall_s: float
-    """Seconds from spawn to verdict."""
+    """Seconds from the request to the verdict."""
+    cpu_s: float | None
+    """CPU seconds of the run's processes (runner, tests, candidate); None if it was killed.
+    Forking the runner is charged to the fork server (`server_cpu_seconds`)."""
     isolation: str
-    """The isolation in force, e.g. "netns+pidns+uid:65534" (see `Isolation.name`)."""
+    """The isolation in force, e.g. "mntns+pidns+netns+ipcns+proc+uid:65534"."""
 
 
 @dataclass(frozen=True)
@@ -111,124 +115,77 @@ class Isolation:
     """How sandbox processes are started on this host (detected once by `isolation()`)."""
 
     prefix: tuple[str, ...]
-    """Command prefix: setpriv (parent-death signal) and unshare (namespaces), if usable."""
+    """Command prefix of the fork server (`unshare --user --map-root-user` when not root)."""
     python: str
-    """Interpreter for candidate programs."""
+    """Interpreter of the fork server, and so of every sandboxed process."""
+    namespaces: tuple[str, ...]
+    """New namespaces per program: some of "mnt", "pid", "net", "ipc"."""
+    fresh_proc: bool
+    """A /proc of the program's own PID namespace is mounted (needs "mnt" and "pid")."""
     uid: int
-    """uid (and gid) the bootstrap drops to; -1 keeps the caller's."""
+    """uid (and gid) of the candidate; -1 keeps the caller's."""
     gid: int
+    test_uid: int
+    """uid (and gid) of the test process; -1 keeps the caller's."""
+    test_gid: int
     name: str
-    """Parts in force: netns, pidns, userns, uid:N or uid:same."""
+    """Parts in force: userns, mntns, pidns, netns, ipcns, proc, uid:N or uid:same."""
+
+    @property
+    def private_filesystem(self) -> bool:
+        return "mnt" in self.namespaces
 
 
 # Only what an interpreter needs; nothing of the caller's environment (tokens, keys) leaks.
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-_PROGRAM_FILE = "main.py"
-_PROBE_PROGRAM = "import collections, functools, hashlib, itertools, json, math, re\n"
+_FORKSERVER = Path(__file__).with_name("forkserver.py")
+OWNER_VARIABLE = "SCORE_RAY_SANDBOX_OWNER"
+_ALL_NAMESPACES = ("mnt", "pid", "net", "ipc")
+_PROBE_CANDIDATE = (
+    "import colorsys, json, textwrap\n"  # not preloaded: the stdlib must be readable
+    "open('probe.txt', 'w').write('ok')\n"
+    "def probe(x):\n"
+    "    return {'x': (x, [1.5, None, 'a'])}\n"
+)
+_PROBE_TESTS = "assert probe(2) == {'x': (2, [1.5, None, 'a'])}\n"
 _PROBE_TIMEOUT_S = 20.0
-
-# The trusted start of every sandbox process. Kept free of imports beyond builtins, os, sys,
-# resource: each import costs start-up time on every program.
-_BOOTSTRAP = r"""
-import builtins, os, resource, sys
-
-_BLOCKED_MODULES = (
-    "socket", "_socket", "ssl", "_ssl", "select", "selectors", "asyncio", "subprocess",
-    "_posixsubprocess", "multiprocessing", "_multiprocessing", "concurrent", "ctypes",
-    "_ctypes", "pty", "urllib", "http", "ftplib", "smtplib", "telnetlib", "webbrowser",
-)
-_BLOCKED_CALLS = (
-    "fork", "forkpty", "vfork", "system", "popen", "execl", "execle", "execlp", "execlpe",
-    "execv", "execve", "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe",
-    "spawnv", "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "kill",
-    "killpg", "setsid", "setpgid", "setpgrp", "setuid", "setgid", "seteuid", "setegid",
-    "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "chroot", "putenv",
-    "unsetenv", "pidfd_open",
-)
+_SETUP_FAILED = 120  # forkserver.RUNNER_SETUP_FAILED: namespaces, mounts or uids failed
+_KILL_GRACE_S = 1.0
 
 
-def _lockdown():
-    # Defence in depth only (undoable from Python); uid, namespaces and rlimits contain.
-    import posix
-    for module in (os, posix):
-        for name in _BLOCKED_CALLS:
-            if hasattr(module, name):
-                delattr(module, name)
-    for name in _BLOCKED_MODULES:
-        sys.modules[name] = None
+def run_tests(
+    candidate: str,
+    tests: str,
+    timeout_s: float,
+    limits: SandboxLimits | None = None,
+    *,
+    setup: str = "",
+    calls: tuple[str, ...] | None = None,
+) -> SandboxResult:
+    """Run `candidate` in the sandbox and `tests` against it from a separate test process.
 
-
-def _describe(error):
-    try:
-        tb, line = error.__traceback__, 0
-        while tb is not None:
-            if tb.tb_frame.f_code.co_filename == "main.py":
-                line = tb.tb_lineno
-            tb = tb.tb_next
-        return "main.py:%d: %s: %s\n" % (line, type(error).__name__, str(error)[:500])
-    except BaseException:
-        return "main.py: failed\n"
-
-
-def _boot():
-    (nonce_fd, result_fd, uid, gid, cpu, mem, fsize, nproc, nofile) = map(
-        int, sys.argv[1].split(",")
-    )
-    nonce = os.read(nonce_fd, 64)
-    os.close(nonce_fd)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-    if uid >= 0:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-        if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid:
-            os._exit(3)
-    write, exit_, stderr = os.write, os._exit, sys.stderr
-    with open("main.py", "rb") as file:
-        source = file.read()
-    sys.argv[:] = ["main.py"]
-    _lockdown()
-    module = type(sys)("__candidate__")  # not __main__: `if __name__ == "__main__"` demos skip
-    sys.modules["__candidate__"] = module
-    message = None
-    try:
-        exec(compile(source, "main.py", "exec"), module.__dict__)
-    except BaseException as error:  # SystemExit included: exiting early is not passing
-        message = _describe(error)
-    try:  # keep what the program printed (debugging only; the verdict ignores it)
-        sys.stdout.flush()
-    except BaseException:
-        pass
-    if message is None:
-        write(result_fd, nonce)
-        exit_(0)
-    try:
-        stderr.write(message)
-        stderr.flush()
-    except BaseException:
-        pass
-    exit_(1)
-
-
-_boot()
-"""
+    `setup` runs first in the test process (trusted helpers, imports); then each name in
+    `calls` (default: every name the tests read that the candidate defines and that neither
+    `setup` nor the builtins define) becomes a proxy for the candidate's function of that
+    name. Passed iff the candidate's code ran to its end and the tests then ran to theirs.
+    Never raises because of what `candidate` does; raises OSError if the host cannot start
+    or set up the sandbox's processes.
+    """
+    return _run(candidate, timeout_s, limits or SandboxLimits(), isolation(), tests, setup, calls)
 
 
 def run_untrusted(
     program: str, timeout_s: float, limits: SandboxLimits | None = None
 ) -> SandboxResult:
-    """Execute `program` in a fresh sandbox process; passed iff it ran to its end.
+    """Execute `program` in the sandbox; passed iff it ran to its end without raising.
 
-    Never raises because of what `program` does. Raises OSError only if the host cannot
-    start a process at all (no free pids, no disk for the temporary directory).
+    The program's own asserts run in its own process, so they prove nothing against a
+    program that lies; score with `run_tests`.
     """
-    return _run(program, timeout_s, limits or SandboxLimits(), isolation())
+    return run_tests(program, "", timeout_s, limits)
 
+
+# --- detection ----------------------------------------------------------------------------
 
 _detect_lock = threading.Lock()
 
@@ -241,65 +198,68 @@ def isolation() -> Isolation:
 
 @functools.cache
 def _detect() -> Isolation:
-    prefix, parts = _namespace_prefix()
-    uid, gid = _unprivileged_ids()
-    # Strongest first: namespaces + nobody, namespaces alone, a plain process. The caller's
-    # uid is kept only if no interpreter's standard library is readable by `nobody`.
-    attempts = [(prefix, tuple(parts), uid, gid)] if uid >= 0 else []
-    attempts += [(prefix, tuple(parts), -1, -1), ((), (), -1, -1)]
-    for command, names, run_uid, run_gid in dict.fromkeys(attempts):  # dedupe, keep order
-        for python in _python_candidates():
-            if _probe(command, python, run_uid, run_gid):
-                who = f"uid:{run_uid}" if run_uid >= 0 else "uid:same"
-                name = "+".join([*names, who])
-                return Isolation(command, python, run_uid, run_gid, name)
+    for iso in _attempts():
+        if _probe(iso):
+            return iso
     raise OSError("sandbox: no Python interpreter can run candidate programs on this host")
 
 
-def _namespace_prefix() -> tuple[tuple[str, ...], list[str]]:
-    """setpriv/unshare prefix that works here, and the names of the namespaces it adds."""
-    prefix: tuple[str, ...] = ()
-    setpriv = shutil.which("setpriv")
-    # Parent-death signal: if the verifier dies mid-run, its sandbox dies with it.
-    if setpriv and _runs([setpriv, "--pdeathsig", "KILL", "--", "true"]):
-        prefix = (setpriv, "--pdeathsig", "KILL", "--")
+def _attempts() -> list[Isolation]:
+    """Every way to run the sandbox here, strongest first."""
+    root = os.geteuid() == 0
+    uid, gid = _nobody() if root else (-1, -1)
+    test_uid, test_gid = _unused_id(uid) if root else (-1, -1)
+    prefixes: list[tuple[str, ...]] = [()]
     unshare = shutil.which("unshare")
-    if unshare is None:
-        return prefix, []
-    # A new network namespace has only a downed loopback: no socket reaches anything. A new
-    # PID namespace dies as a whole when its first process dies, so no child outlives a run.
-    common = ("--net", "--pid", "--fork", "--kill-child", "--")
-    options: list[tuple[tuple[str, ...], list[str]]] = []
-    if os.geteuid() != 0:  # unprivileged: a user namespace is needed to create the others
-        options.append(
-            ((unshare, "--user", "--map-root-user", *common), ["userns", "netns", "pidns"])
-        )
-    options.append(((unshare, *common), ["netns", "pidns"]))
-    for command, parts in options:
-        if _runs([*prefix, *command, "true"]):
-            return (*prefix, *command), parts
-    return prefix, []
+    if not root and unshare:  # a user namespace lets an unprivileged caller create the rest
+        prefixes.insert(0, (unshare, "--user", "--map-root-user"))
+    attempts = []
+    for prefix in prefixes:
+        for python in _python_candidates():
+            for namespaces, proc in _namespace_levels(root or bool(prefix)):
+                attempts.append(
+                    Isolation(
+                        prefix=prefix,
+                        python=python,
+                        namespaces=namespaces,
+                        fresh_proc=proc,
+                        uid=uid,
+                        gid=gid,
+                        test_uid=test_uid,
+                        test_gid=test_gid,
+                        name=_name(prefix, namespaces, proc, uid),
+                    )
+                )
+    return attempts
 
 
-def _runs(command: list[str]) -> bool:
-    try:
-        done = subprocess.run(
-            command, env=_ENV, stdin=subprocess.DEVNULL, capture_output=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
+def _namespace_levels(can_unshare: bool) -> list[tuple[tuple[str, ...], bool]]:
+    """(namespaces, fresh /proc) to try: all with a fresh /proc, all, none."""
+    levels = [(_ALL_NAMESPACES, True), (_ALL_NAMESPACES, False)] if can_unshare else []
+    return [*levels, ((), False)]
 
 
-def _unprivileged_ids() -> tuple[int, int]:
-    """(uid, gid) of `nobody` if we are root (and can therefore drop to it), else (-1, -1)."""
-    if os.geteuid() != 0:
-        return -1, -1
+def _name(prefix: tuple[str, ...], namespaces: tuple[str, ...], proc: bool, uid: int) -> str:
+    parts = ["userns"] if prefix else []
+    parts += [f"{name}ns" for name in namespaces]
+    parts += ["proc"] if proc else []
+    parts.append(f"uid:{uid}" if uid >= 0 else "uid:same")
+    return "+".join(parts)
+
+
+def _nobody() -> tuple[int, int]:
     try:
         entry = pwd.getpwnam("nobody")
         return entry.pw_uid, entry.pw_gid
     except KeyError:
         return 65534, 65534
+
+
+def _unused_id(avoid: int) -> tuple[int, int]:
+    """A uid/gid no account uses (the test process's), below nobody's."""
+    used = {entry.pw_uid for entry in pwd.getpwall()} | {avoid}
+    uid = next(candidate for candidate in range(65533, 1000, -1) if candidate not in used)
+    return uid, uid
 
 
 def _python_candidates() -> list[str]:
@@ -314,138 +274,234 @@ def _python_candidates() -> list[str]:
     return seen
 
 
-def _probe(prefix: tuple[str, ...], python: str, uid: int, gid: int) -> bool:
-    candidate = Isolation(prefix, python, uid, gid, "probe")
+def _probe(iso: Isolation) -> bool:
     try:
-        return _run(_PROBE_PROGRAM, _PROBE_TIMEOUT_S, SandboxLimits(), candidate).passed
+        return _run(_PROBE_CANDIDATE, _PROBE_TIMEOUT_S, SandboxLimits(), iso, _PROBE_TESTS).passed
     except OSError:
         return False
 
 
-def _run(program: str, timeout_s: float, limits: SandboxLimits, iso: Isolation) -> SandboxResult:
+# --- the fork server ----------------------------------------------------------------------
+
+
+class _ServerGone(Exception):
+    """The fork server died; a new one is started and the request retried once."""
+
+
+class _ForkServer:
+    """One `forkserver.py` process; `start` asks it for a runner (thread-safe)."""
+
+    def __init__(self, prefix: tuple[str, ...], python: str) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = subprocess.Popen(
+                [*prefix, python, "-I", "-S", str(_FORKSERVER), str(theirs.fileno())],
+                # The owner's pid tags every sandboxed process (/proc/PID/environ), so an
+                # operator, or a test on a shared machine, can tell whose they are.
+                env={**_ENV, OWNER_VARIABLE: str(os.getpid())},
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
+        self.socket = mine
+        self.lock = threading.Lock()
+
+    def start(self, spec: dict, fds: list[int]) -> tuple[int, int]:
+        """(pid, pidfd) of a new runner for `spec`, which gets `fds`."""
+        with self.lock:
+            try:
+                socket.send_fds(self.socket, [json.dumps(spec).encode()], fds)
+                reply, pidfds, _, _ = socket.recv_fds(self.socket, 64, 1)
+            except OSError as error:
+                raise _ServerGone(str(error)) from None
+        if len(reply) != 4 or len(pidfds) != 1:
+            for fd in pidfds:
+                os.close(fd)
+            raise _ServerGone("no runner")
+        return struct.unpack("i", reply)[0], pidfds[0]
+
+    def close(self) -> None:
+        self.socket.close()  # the server sees EOF and exits; its runners die with it
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the server itself: mostly forking runners (for benchmarks)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+_servers: dict[tuple[tuple[str, ...], str], _ForkServer] = {}
+_servers_lock = threading.Lock()
+
+
+def _server(iso: Isolation, replace: _ForkServer | None = None) -> _ForkServer:
+    key = (iso.prefix, iso.python)
+    with _servers_lock:
+        server = _servers.get(key)
+        if server is None or server is replace:
+            if server is not None:
+                server.close()
+            server = _servers[key] = _ForkServer(iso.prefix, iso.python)
+        return server
+
+
+def _close_servers() -> None:
+    with _servers_lock:
+        for server in _servers.values():
+            server.close()
+        _servers.clear()
+
+
+def _forget_servers() -> None:
+    """In a forked child: the parent's servers are the parent's (close our copies only), and
+    a lock another thread of the parent held at the fork would stay held: new ones."""
+    global _servers_lock, _detect_lock
+    for server in _servers.values():
+        server.socket.close()
+    _servers.clear()
+    _servers_lock, _detect_lock = threading.Lock(), threading.Lock()
+
+
+atexit.register(_close_servers)
+os.register_at_fork(after_in_child=_forget_servers)
+
+
+def server_cpu_seconds() -> float:
+    """CPU seconds used so far by this process's fork servers themselves (not their runs:
+    `SandboxResult.cpu_s` has those)."""
+    with _servers_lock:
+        return sum(server.cpu_seconds() for server in _servers.values())
+
+
+# --- one run ------------------------------------------------------------------------------
+
+
+def _run(
+    candidate: str,
+    timeout_s: float,
+    limits: SandboxLimits,
+    iso: Isolation,
+    tests: str = "",
+    setup: str = "",
+    calls: tuple[str, ...] | None = None,
+) -> SandboxResult:
+    """One run of `candidate` against `tests` under `iso` (see `run_tests`)."""
     started = time.perf_counter()
-    nonce = secrets.token_hex(16).encode("ascii")
-    # The output file is anonymous (O_TMPFILE): the program cannot swap it for a symlink or
-    # a FIFO that the parent, as root, would then read or block on.
-    with (
-        tempfile.TemporaryDirectory(prefix="score-ray-sbx-", ignore_cleanup_errors=True) as work,
-        tempfile.TemporaryFile() as output,
-    ):
-        _prepare_workdir(work, program, iso)
-        returncode, timed_out, reported = _execute(work, iso, limits, nonce, output, timeout_s)
+    nonce = secrets.token_hex(16)
+    test_spec = {
+        "setup": setup,
+        "tests": tests,
+        "calls": list(calls) if calls is not None else None,
+        "nonce": nonce,
+    }
+    with contextlib.ExitStack() as stack:
+        output = stack.enter_context(tempfile.TemporaryFile())  # anonymous: nothing to swap
+        workdir = None
+        if not iso.private_filesystem:  # a host directory, removed afterwards
+            workdir = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="score-ray-sbx-", ignore_cleanup_errors=True)
+            )
+            if iso.uid >= 0:
+                os.chown(workdir, iso.uid, iso.gid)  # writable by the candidate, nothing else
+        # surrogatepass: a lone surrogate becomes invalid UTF-8, which the candidate's compile
+        # rejects (a failure) instead of crashing the verifier here.
+        code = _memfd("code", candidate.encode("utf-8", "surrogatepass"))
+        spec = _memfd("tests", json.dumps(test_spec).encode())
+        result_r, result_w = os.pipe()
+        stack.callback(os.close, result_r)
+        try:
+            request = _request(iso, limits, workdir)
+            pidfd = _start(iso, request, [code, spec, result_w, output.fileno()])
+        finally:
+            for fd in (code, spec, result_w):  # the runner has its own copies now
+                os.close(fd)
+        stack.callback(os.close, pidfd)
+        timed_out = _wait_or_kill(pidfd, timeout_s)
+        report = _read_available(result_r)
         output.seek(0)
         head = output.read(max(0, limits.output_bytes)).decode("utf-8", "replace")
-    passed = not timed_out and returncode == 0 and hmac.compare_digest(reported, nonce)
+    marker, status, cpu_s = _parse_report(report)
+    if status == _SETUP_FAILED:  # the host's doing, not the candidate's: say so, loudly
+        raise OSError(f"sandbox setup failed ({iso.name}): {head.strip()[:500]}")
+    passed = not timed_out and status == 0 and hmac.compare_digest(marker, b"P" + nonce.encode())
     return SandboxResult(
         passed=passed,
         timed_out=timed_out,
-        returncode=returncode,
+        returncode=status,
         output=head,
         wall_s=time.perf_counter() - started,
+        cpu_s=cpu_s,
         isolation=iso.name,
     )
 
 
-def _execute(
-    work: str,
-    iso: Isolation,
-    limits: SandboxLimits,
-    nonce: bytes,
-    output: IO[bytes],
-    timeout_s: float,
-) -> tuple[int, bool, bytes]:
-    """Spawn, wait, kill: (exit status, timed out, what the result pipe carried)."""
-    nonce_r, nonce_w = os.pipe()
-    result_r, result_w = os.pipe()
-    try:
-        os.write(nonce_w, nonce)  # 32 bytes fit in any pipe buffer: never blocks
-        os.close(nonce_w)
-        nonce_w = -1
-        proc = _spawn(work, iso, limits, (nonce_r, result_w), output)
-        os.close(nonce_r)
-        os.close(result_w)
-        nonce_r = result_w = -1
-        timed_out = _wait_or_kill(proc, timeout_s)
-        return proc.returncode, timed_out, _read_available(result_r)
-    finally:
-        for fd in (nonce_r, nonce_w, result_r, result_w):
-            if fd >= 0:
-                os.close(fd)
-
-
-def _prepare_workdir(work: str, program: str, iso: Isolation) -> None:
-    # surrogatepass: a lone surrogate becomes invalid UTF-8, which the child rejects as a
-    # SyntaxError (a failure), instead of crashing the verifier here.
-    with open(os.path.join(work, _PROGRAM_FILE), "wb") as file:
-        file.write(program.encode("utf-8", "surrogatepass"))
-    os.chmod(os.path.join(work, _PROGRAM_FILE), 0o644)
-    if iso.uid >= 0:
-        os.chown(work, iso.uid, iso.gid)  # the candidate's cwd is writable by it, nothing else
-
-
-def _spawn(
-    work: str, iso: Isolation, limits: SandboxLimits, fds: tuple[int, int], output: IO[bytes]
-) -> subprocess.Popen:
+def _request(iso: Isolation, limits: SandboxLimits, workdir: str | None) -> dict:
     mib = 1024 * 1024
-    params = ",".join(
-        str(value)
-        for value in (
-            *fds,
-            iso.uid,
-            iso.gid,
+    return {
+        "namespaces": list(iso.namespaces),
+        "fresh_proc": iso.fresh_proc,
+        "userns": bool(iso.prefix),
+        "uid": iso.uid,
+        "gid": iso.gid,
+        "test_uid": iso.test_uid,
+        "test_gid": iso.test_gid,
+        "workdir": workdir,
+        "tmpfs_mb": max(1, limits.tmpfs_mb),
+        "tmpfs_inodes": max(16, limits.tmpfs_inodes),
+        "limits": [
             max(1, int(limits.cpu_s)),
             limits.memory_mb * mib,
             limits.file_size_mb * mib,
             limits.max_processes,
             limits.max_open_files,
-        )
-    )
-    command = [*iso.prefix, iso.python, "-I", "-S", "-c", _BOOTSTRAP, params]
-    # Output goes to a file, not a pipe: RLIMIT_FSIZE bounds it and nothing has to drain it
-    # concurrently; a program printing gigabytes costs the parent nothing.
-    return subprocess.Popen(
-        command,
-        cwd=work,
-        env=_ENV,
-        stdin=subprocess.DEVNULL,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-        pass_fds=fds,
-        start_new_session=True,
-    )
+        ],
+    }
 
 
-def _wait_or_kill(proc: subprocess.Popen, timeout_s: float) -> bool:
-    """Wait up to `timeout_s` for the process; then kill its whole group. True if timed out.
-
-    The exit is observed through a pidfd without reaping, so the group id cannot be reused
-    by an unrelated process before `killpg` runs.
-    """
+def _start(iso: Isolation, request: dict, fds: list[int]) -> int:
+    """Ask the fork server for a runner; a dead server is replaced once."""
+    server = _server(iso)
     try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):  # Linux < 5.3: plain wait (tiny pid-reuse window)
-        pidfd = -1
-    if pidfd >= 0:
-        try:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            timed_out = not poller.poll(max(0.0, timeout_s) * 1000)
-        finally:
-            os.close(pidfd)
-    else:
-        try:
-            proc.wait(timeout=timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-    # Always: anything the program left behind in its group dies with it. With a PID
-    # namespace the kernel also kills every process of the namespace when its init dies.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        proc.kill()
-    proc.wait()
-    return timed_out
+        return server.start(request, fds)[1]
+    except _ServerGone:
+        return _server(iso, replace=server).start(request, fds)[1]
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous in-memory file holding `data`, positioned at its start."""
+    fd = os.memfd_create(f"score-ray-{name}", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _wait_or_kill(pidfd: int, timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for the runner, else kill it; True if it timed out. A pidfd
+    names the runner even after it exits: no pid can be reused under us. The candidate dies
+    with it (parent-death signal, PID namespace); the fork server then kills the rest of the
+    runner's process group before reaping it."""
+    if _exited(pidfd, timeout_s):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    _exited(pidfd, _KILL_GRACE_S)
+    return True
+
+
+def _exited(pidfd: int, timeout_s: float) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout_s) * 1000))
 
 
 def _read_available(fd: int) -> bytes:
@@ -455,3 +511,17 @@ def _read_available(fd: int) -> bytes:
         return os.read(fd, 256)
     except BlockingIOError:
         return b""
+
+
+_STATUS = struct.Struct(">id")  # the runner's record: T's exit status, the run's CPU seconds
+
+
+def _parse_report(report: bytes) -> tuple[bytes, int | None, float | None]:
+    """(the test process's pass marker or b"", T's exit status, the run's CPU seconds); the
+    runner writes its record ("S" + _STATUS) last, so it is at the end when present."""
+    size = 1 + _STATUS.size
+    if len(report) < size or report[-size : -size + 1] != b"S":
+        return (report if report.startswith(b"P") else b""), None, None
+    status, cpu_s = _STATUS.unpack(report[-_STATUS.size :])
+    marker = report[:-size]
+    return (marker if marker.startswith(b"P") else b""), status, cpu_s

@@ -10,10 +10,11 @@ own timeouts are disabled; the verifier pool enforces a per-item deadline instea
 (e.g. `9^{9^{9^{9}}}` for sympy) spin in C code that no in-thread timeout can interrupt, so that
 deadline must be able to abandon or kill the worker, not just wait.
 
-Code tasks (HumanEval, MBPP) are scored by running the extracted program and its tests in the
-sandbox (`score_ray.verify.sandbox`): a separate, unprivileged, resource-limited process with
-no network. This module is only called from the Verifier actors, so model-written code never
-runs in the driver, the learners or the rollout workers.
+Code tasks (HumanEval, MBPP) are scored by running the extracted program in the sandbox
+(`score_ray.verify.sandbox`): an unprivileged, resource-limited process with no network and a
+private filesystem, called by the problem's tests from a second sandboxed process through
+proxies that pass only plain data. This module is only called from the Verifier actors, so
+model-written code never runs in the driver, the learners or the rollout workers.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from typing import Any
 
 from score_ray.config import VerifierConfig
 from score_ray.tasks.base import Problem
-from score_ray.tasks.code import CODE_SOURCES, build_program
-from score_ray.verify.sandbox import SandboxLimits, run_untrusted
+from score_ray.tasks.code import CODE_SOURCES, build_check
+from score_ray.verify.canaries import suspicious
+from score_ray.verify.sandbox import SandboxLimits, run_tests
 
 ANSWER_FORMATS = ("answer_tag", "boxed", "code")
 MAX_MATH_ANSWER_CHARS = 1_000
@@ -184,8 +186,20 @@ def _score_code(
     if code is None or len(code) > MAX_CODE_CHARS:
         return 0.0
     limits = SandboxLimits(cpu_s=max(1, math.ceil(timeout_s)), memory_mb=memory_mb)
-    result = run_untrusted(build_program(problem, code), timeout_s, limits)
+    check = build_check(problem, code)
+    result = run_tests(
+        check.candidate, check.tests, timeout_s, limits, setup=check.setup, calls=check.calls
+    )
     return 1.0 if result.passed else 0.0
+
+
+def completion_canaries(problem: Problem, completion: str, answer_format: str) -> tuple[str, ...]:
+    """The reward-hack canaries (`score_ray.verify.canaries`) the completion's code trips;
+    () for a problem that is not answered with code, or a completion without code."""
+    if problem.meta.get("source") not in CODE_SOURCES or answer_format != "code":
+        return ()
+    code = extract_code(completion)
+    return suspicious(code) if code is not None else ()
 
 
 def _score_reasoning_gym(problem: Problem, answer: str | None) -> float:

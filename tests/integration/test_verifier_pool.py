@@ -61,3 +61,38 @@ def test_pool_survives_raising_and_hanging_verifiers(ray_local):
     again, _ = pool.score(items[:3])
     assert len(again) == 3
     pool.shutdown()
+
+
+def test_pool_scores_code_in_the_sandbox_and_counts_canaries(ray_local):
+    # HumanEval/0 through real Verifier actors: the canonical answer passes; the hacks score
+    # 0 (exit, forged __eq__) and are counted, as is a correct answer that reads a file.
+    splits = load_task_splits(TaskConfig(source="humaneval", train_size=1000, eval_size=1))
+    problem = next(p for p in splits.train + splits.eval if p.meta["task_id"] == "HumanEval/0")
+
+    def fenced(code: str) -> str:
+        return f"```python\n{code}\n```"
+
+    honest = fenced(problem.answer)
+    reads_a_file = fenced(
+        "def has_close_elements(numbers, threshold):\n"
+        "    open('/tmp/notes', 'w').write('thinking')\n"
+        "    return any(abs(a - b) < threshold\n"
+        "               for i, a in enumerate(numbers) for b in numbers[i + 1:])\n"
+    )
+    exits = fenced("import sys\nsys.exit(0)\n")
+    forged = fenced(
+        "class Anything:\n    def __eq__(self, other):\n        return True\n"
+        "def has_close_elements(numbers, threshold):\n    return Anything()\n"
+    )
+    items = [(problem, text) for text in (honest, reads_a_file, exits, forged, "no code")]
+    pool = VerifierPool(VerifierConfig(num_workers=2, timeout_s=30), "code")
+    try:
+        rewards, stats = pool.score(items)
+    finally:
+        pool.shutdown()
+    assert rewards == [1.0, 1.0, 0.0, 0.0, 0.0]
+    metrics = stats.as_metrics()
+    assert metrics["verify/suspicious"] == 3
+    assert (metrics["verify/suspicious_files"], metrics["verify/suspicious_exit"]) == (1, 1)
+    assert metrics["verify/suspicious_eq"] == 1
+    assert (stats.errors, stats.timeouts) == (0, 0)

@@ -10,7 +10,7 @@ import pytest
 
 from score_ray.config import ConfigError, TaskConfig, load_config
 from score_ray.tasks import Problem, load_task_splits, normalize_question
-from score_ray.tasks.code import HUMANEVAL_SIZE, build_program, read_mbpp_jsonl
+from score_ray.tasks.code import HUMANEVAL_SIZE, build_check, read_mbpp_jsonl
 from score_ray.verify import extract_answer, score_completion
 from score_ray.verify.scorers import extract_code
 
@@ -64,6 +64,22 @@ def test_every_canonical_humaneval_solution_passes(humaneval_problems):
         if score_completion(problem, fenced(problem.answer), "code") != 1.0
     ]
     assert failed == []
+
+
+def test_every_humaneval_problem_fails_a_wrong_answer(humaneval_problems):
+    # The other half of keeping the verdicts: the tests still catch a wrong function on every
+    # problem now that they call it through a proxy.
+    passed = [
+        task_id
+        for task_id, problem in humaneval_problems.items()
+        if score_completion(
+            problem,
+            fenced(f"def {problem.meta['entry_point']}(*args, **kwargs):\n    return None"),
+            "code",
+        )
+        != 0.0
+    ]
+    assert passed == []
 
 
 @pytest.mark.parametrize("task_id", ["HumanEval/0", "HumanEval/10", "HumanEval/38"])
@@ -163,12 +179,9 @@ def test_hostile_completions_score_zero(humaneval_problems, completion):
     assert score_completion(problem, completion, "code", sandbox_timeout_s=1.0) == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit: tests run in the candidate's interpreter, so a result object whose "
-    "__eq__ always returns True fools `assert candidate(x) == y` (see sandbox docstring)",
-)
-def test_always_equal_objects_are_not_detected(humaneval_problems):
+def test_always_equal_objects_do_not_pass(humaneval_problems):
+    # The tests run in their own process and receive only plain data: an object whose
+    # __eq__ always says True never reaches `assert candidate(x) == y`.
     hack = (
         "class Anything:\n"
         "    def __eq__(self, other):\n"
@@ -266,10 +279,73 @@ def test_mbpp_scoring_uses_setup_code_and_tests(tmp_path):
     for problem in by_text.values():
         assert score_completion(problem, fenced(problem.answer), "code") == 1.0
     hyp = by_text["hypotenuse"]
-    assert "import math" in build_program(hyp, "pass")
+    check = build_check(hyp, "pass")
+    assert "import math" in check.setup and "import math" in check.candidate
     assert score_completion(hyp, fenced("def hyp(a, b):\n    return a + b"), "code") == 0.0
     add = by_text["numbers"]
     assert score_completion(add, fenced("def add(a, b):\n    return 3"), "code") == 0.0
+
+
+# MBPP rows as the dataset has them (tasks 2, 4, 88 and two of their kind): tuples built
+# from sets, heapq, collections.Counter, sets, floats that rely on the setup code's import.
+REAL_MBPP = [
+    (
+        "def similar_elements(test_tup1, test_tup2):\n  res = tuple(set(test_tup1) & "
+        "set(test_tup2))\n  return (res) ",
+        ["assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)",
+         "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)"],
+        "",
+    ),
+    (
+        "import heapq as hq\ndef heap_queue_largest(nums,n):\n  largest_nums = hq.nlargest(n, "
+        "nums)\n  return largest_nums",
+        ["assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65]"],
+        "",
+    ),
+    (
+        "import collections\ndef freq_count(list1):\n  freq_count= collections.Counter(list1)"
+        "\n  return freq_count",
+        ["assert freq_count([10,10,10,10,20,20,20,20,40,40,50,50,30])==({10: 4, 20: 4, 40: 2, "
+         "50: 2, 30: 1})"],
+        "",
+    ),
+    ("def union(a, b):\n  return set(a) | set(b)", ["assert union([1, 2], [2]) == {1, 2}"], ""),
+    (
+        "def circle_area(r):\n  return math.pi * r * r",
+        ["assert math.isclose(circle_area(2), 12.566370614359172)"],
+        "import math",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", REAL_MBPP, ids=lambda row: row[0].split("(")[0].split()[-1])
+def test_mbpp_rows_keep_their_verdicts(tmp_path, row):
+    code, tests, setup = row
+    path = write_jsonl(
+        tmp_path / "mbpp.jsonl",
+        [{"text": "Solve it.", "code": code, "test_list": tests, "test_setup_code": setup}],
+    )
+    (problem,) = read_mbpp_jsonl(str(path), "task.path").problems
+    assert score_completion(problem, fenced(code), "code") == 1.0
+    name = code.split("def ")[1].split("(")[0]
+    wrong = f"def {name}(*args):\n    return None"
+    assert score_completion(problem, fenced(wrong), "code") == 0.0
+
+
+def test_mbpp_tests_that_pass_setup_objects_fail(tmp_path):
+    # The documented limit of tests apart from the candidate: arguments must be plain data,
+    # so a test that passes an object built by the setup code (MBPP's tree problems) fails.
+    setup = (
+        "class Node:\n    def __init__(self, value):\n        self.value = value\nroot = Node(3)"
+    )
+    row = {
+        "text": "Return the value of a node.",
+        "code": "def value_of(node):\n    return node.value",
+        "test_list": ["assert value_of(root) == 3"],
+        "test_setup_code": setup,
+    }
+    (problem,) = read_mbpp_jsonl(str(write_jsonl(tmp_path / "m.jsonl", [row])), "p").problems
+    assert score_completion(problem, fenced(row["code"]), "code") == 0.0
 
 
 # --- config -------------------------------------------------------------------------------
