@@ -16,8 +16,10 @@ cheap math of `score_ray.algo` itself.
 Fault tolerance: a checkpoint is written every `train.checkpoint_every` steps
 and when SIGTERM/SIGINT arrives (at the end of the step in flight). A dead
 rollout worker or verifier is replaced inside its group; a dead learner rank
-rolls the whole run back to the newest checkpoint. `Trainer(..., resume=True)`
-continues a run from its newest checkpoint, across the Stage I -> II boundary.
+rolls the whole run back to the newest checkpoint (to the base model before the first
+one). So does a broken GPU weight transport (`WeightSyncError`: a sync past
+`sync.timeout_s`, a dead rollout worker that cannot rejoin the group). `Trainer(...,
+resume=True)` continues a run from its newest checkpoint, across the Stage I -> II boundary.
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ from tqdm import tqdm
 
 from score_ray.algo import attempt_rewards, collate_traces, rloo_advantages
 from score_ray.algo.traces import Trace
-from score_ray.checkpoint import latest_checkpoint, read_driver_state, write_checkpoint
+from score_ray.checkpoint import (
+    checkpoint_location,
+    latest_checkpoint,
+    learner_dir,
+    read_driver_state,
+    write_checkpoint,
+    write_final,
+)
 from score_ray.config import Config, save_config
 from score_ray.evaluate import self_correction_metrics
 from score_ray.learner.group import LearnerFailure, LearnerGroup
@@ -45,7 +54,12 @@ from score_ray.models import load_tokenizer
 from score_ray.placement import Placement, reserve
 from score_ray.prompts import PromptBuilder
 from score_ray.rollout.group import RolloutGroup
-from score_ray.sync import choose_transport, connect_weight_transport, sync_weights
+from score_ray.sync import (
+    WeightSyncError,
+    choose_transport,
+    connect_weight_transport,
+    sync_weights,
+)
 from score_ray.tasks.base import Problem
 from score_ray.verify.pool import VerifierPool, VerifyStats
 
@@ -109,6 +123,7 @@ class Trainer:
     ):
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir)
+        self.checkpoints = checkpoint_location(cfg)
         self.held_out = held_out
         self.sampler = ProblemSampler(train, cfg.train.seed)
         self.problems = {p.uid: p for p in [*train, *held_out]}
@@ -129,7 +144,8 @@ class Trainer:
         connect_weight_transport(self.actors.learner, self.actors.rollout)
         # Padding is masked by attention_mask; the id only fills the tensor.
         self.pad_id = int(load_tokenizer(model_path).pad_token_id)
-        checkpoint = latest_checkpoint(self.output_dir) if resume else None
+        self.initial_state = self.driver_state()  # what a failure before any checkpoint restores
+        checkpoint = latest_checkpoint(self.checkpoints) if resume else None
         if checkpoint is not None:
             self.restore(checkpoint)
         # A resumed run drops the records written after its checkpoint, or all of them
@@ -162,12 +178,12 @@ class Trainer:
                     )
                     bar.update()
                     self._after_step()
-                except LearnerFailure as failure:
+                except (LearnerFailure, WeightSyncError) as failure:
                     self.recover_learner(failure)
                     bar.n = self.global_step
                     bar.refresh()
         final = self.evaluate(tag="final")
-        self.actors.learner.save_pretrained(str(self.output_dir / "final"))
+        write_final(cfg, self.actors.learner.save_pretrained)
         self.metrics.close()
         return final
 
@@ -218,19 +234,26 @@ class Trainer:
             "torch_rng": torch.get_rng_state().tolist(),
         }
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> str:
         return write_checkpoint(
-            self.output_dir,
+            self.checkpoints,
             self.global_step,
             self.driver_state(),
             self.actors.learner.save_checkpoint,
             keep=self.cfg.train.keep_checkpoints,
         )
 
-    def restore(self, checkpoint: Path) -> None:
+    def restore(self, checkpoint: str) -> None:
         """Load learner and driver state from `checkpoint` and push its weights."""
         state = read_driver_state(checkpoint)
-        self.actors.learner.load_checkpoint(str(checkpoint / "learner"))
+        self.actors.learner.load_checkpoint(learner_dir(checkpoint))
+        self._continue_from(state)
+        log.info(
+            "restored %s (step %d, weight version %d)", checkpoint, self.global_step, self.version
+        )
+
+    def _continue_from(self, state: dict[str, Any]) -> None:
+        """Take up the driver state `state` and push the learner's weights to the rollout."""
         self.global_step = state["global_step"]
         self.sampler.load_state(state["sampler"])
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
@@ -239,12 +262,10 @@ class Trainer:
         held = max(self.actors.rollout.weight_versions())
         self.version = state["weight_version"] if held < state["weight_version"] else held + 1
         sync_weights(self.actors.learner, self.actors.rollout, self.version)
-        log.info(
-            "restored %s (step %d, weight version %d)", checkpoint, self.global_step, self.version
-        )
 
-    def recover_learner(self, failure: LearnerFailure) -> None:
-        """Rebuild the learner group and roll the run back to the newest checkpoint."""
+    def recover_learner(self, failure: LearnerFailure | WeightSyncError) -> None:
+        """Rebuild the learner group and roll the run back to the newest checkpoint, or to
+        the base model (step 0) when there is none yet."""
         log.warning("%s; rebuilding the learner group from the newest checkpoint", failure)
         self.learner_restarts += 1
         self.actors.learner.shutdown()
@@ -257,12 +278,12 @@ class Trainer:
             self.actors.rollout.wake_up()  # it slept through the failed learn step
         self.actors.learner = LearnerGroup(self.cfg, self.model_path, self.actors.placement)
         connect_weight_transport(self.actors.learner, self.actors.rollout)
-        checkpoint = latest_checkpoint(self.output_dir)
-        if checkpoint is None:
-            raise RuntimeError(
-                "a learner rank died before the first checkpoint; set train.checkpoint_every"
-            ) from failure
-        self.restore(checkpoint)
+        checkpoint = latest_checkpoint(self.checkpoints)
+        if checkpoint is None:  # the new group holds the base model: start over
+            log.warning("no checkpoint yet: restarting from the base model at step 0")
+            self._continue_from(self.initial_state)
+        else:
+            self.restore(checkpoint)
         self.metrics.close()
         self.metrics = MetricsLogger(self.output_dir, resume_step=self.global_step)
 
