@@ -379,7 +379,7 @@ class Trainer:
         samples = self.cfg.train.samples_per_prompt
         found: list[Trace | None] = [None] * (len(problems) * samples)
         scoring = self.actors.verifiers.start(2 * len(found))
-        with _timed(timings, "time/generate"):
+        with _timed(timings, "time/generate"), _drained_on_error(scoring):
             for chunk in self.actors.rollout.stream(problems, samples, greedy=False, seed=seed):
                 for index, trace in chunk:
                     found[index] = trace
@@ -442,6 +442,18 @@ def _per_attempt(rewards: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards laid out [r1, r2, r1, r2, ...] (two per trace) -> r1 [N], r2 [N]."""
     pairs = torch.tensor(rewards, dtype=torch.float32).view(-1, 2)
     return pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
+
+
+@contextmanager
+def _drained_on_error(scoring: Any):
+    """If generation fails (a rollout worker that cannot be replaced, and the run recovers),
+    finish the scoring round first: its verifiers stay busy until their items are collected,
+    and the next step would wait on them forever."""
+    try:
+        yield
+    except Exception:
+        scoring.finish()
+        raise
 
 
 class _timed:

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from contextlib import suppress
 from pathlib import Path
 
@@ -81,8 +82,6 @@ def _kill_learner_on(disk: Path) -> None:
 
 
 def _wait_until(predicate, proc, what: str, timeout: float = 600) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -99,7 +98,7 @@ def _bucket_files(prefix: str) -> list[str]:
     return sorted(i.path.removeprefix(f"{path}/") for i in infos if i.is_file)
 
 
-def test_resume_from_object_storage_on_new_nodes(cluster, s3_env, tmp_path):
+def test_resume_from_object_storage_on_new_nodes(cluster, tmp_path):
     out = tmp_path / "run"
     disks = [tmp_path / f"node-{name}" for name in ("a1", "a2", "b1", "b2")]
     first_nodes = [_learner_node(cluster, disk) for disk in disks[:2]]

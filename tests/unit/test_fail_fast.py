@@ -267,3 +267,15 @@ def test_a_dead_learner_after_a_checkpoint_rolls_back_to_it(tmp_path, fake_clust
     assert newest == [learner_dir(str(tmp_path / "run" / "checkpoints" / "step_000002"))]
     assert [step for step, _ in drawn] == [1, 2, 3, 3, 4]
     assert drawn[3][1] == drawn[2][1]  # step 3 redrawn from the checkpoint's data position
+
+
+def test_a_failed_generation_finishes_its_scoring_round_before_recovery():
+    """Verifiers busy with a round nobody collects would never take the next step's items."""
+    finished = []
+    scoring = SimpleNamespace(finish=lambda: finished.append(True))
+    with pytest.raises(WeightSyncError), trainer_module._drained_on_error(scoring):
+        raise WeightSyncError("rollout worker 0", "rollout worker 0 died")
+    assert finished == [True]
+    with trainer_module._drained_on_error(scoring):
+        pass  # a round that went well is finished by the caller, not here
+    assert finished == [True]
