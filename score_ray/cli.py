@@ -195,7 +195,9 @@ def init_ray(cfg: Config) -> None:
     # Actors are placed by logical CPUs; on a small machine give the local node
     # enough of them for the configured layout (the actors take turns anyway).
     cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
-    ray.init(num_cpus=cpus, include_dashboard=False)
+    # "local": a new instance even when other Ray instances run on this machine (a bare
+    # ray.init() would join the newest of them, and refuses num_cpus when it does).
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False)
 
 
 if __name__ == "__main__":
