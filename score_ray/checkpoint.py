@@ -1,17 +1,31 @@
-"""Checkpoints: learner state plus driver state, committed atomically.
+"""Checkpoints: learner state plus driver state, committed so that a crash never leaves a
+torn checkpoint in use; in a folder, or on object storage.
 
-Layout under OUTPUT_DIR/checkpoints/:
+The root (`checkpoint_location`) is OUTPUT_DIR/checkpoints/, or `train.checkpoint_uri`
+(s3://bucket/prefix, gs://bucket/prefix, file:///path), reached through pyarrow.fs:
 
     step_000004/
-        learner/            DeepSpeed checkpoint (model, optimizer, scheduler; every rank)
+        learner/            DeepSpeed checkpoint (model, optimizer, scheduler; every rank's part)
         driver_state.json   stage, step, weight version, data position, RNG states
     latest                  name of the newest complete checkpoint
+    final/                  URI only: the trained HF folder, on its way to OUTPUT_DIR/final
 
-A checkpoint is first written to `.tmp-step_N/` and renamed into place only
-when every rank and the driver state are on disk, then `latest` is replaced
-atomically. A crash mid-write leaves a `.tmp-*` folder that is ignored (and
-removed next time), so the previous checkpoint stays usable. With several
-nodes, OUTPUT_DIR must be on storage all learner nodes share.
+Commit protocol (the driver is the only writer of a root):
+
+- A folder: the learner ranks write into `.tmp-step_N/learner/` (so every learner node
+  must see the folder), the driver adds driver_state.json, renames the folder to `step_N/`
+  and replaces `latest` atomically. A crash leaves a `.tmp-*` folder, ignored and removed
+  by the next write.
+- A URI: object stores cannot rename a folder. Each rank writes its part on its own node
+  (a temporary folder under TMPDIR, `staged_write`) and uploads it to `step_N/learner/`.
+  Only when every rank's upload has returned does the driver write
+  `step_N/driver_state.json`, the step's completion marker, and then `latest` (one object
+  PUT, which object stores apply whole or not at all). A step folder without the marker is
+  ignored and removed by the next write.
+
+Reading trusts `latest` when it names a complete step, else takes the newest complete one.
+A rank restoring from a URI first downloads `step_N/learner/` to its own node
+(`staged_read`), so the nodes need no shared disk.
 """
 
 from __future__ import annotations
@@ -19,86 +33,253 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+
+    from score_ray.config import Config
 
 DRIVER_STATE = "driver_state.json"
 LATEST = "latest"
+LEARNER = "learner"
+FINAL = "final"
+URI_SCHEMES = ("s3", "gs", "file")
+STAGING_PREFIX = "score-ray-ckpt-"
+"""Temporary folders under a node's TMPDIR that hold a rank's part on its way up or down."""
+
+
+# -- Locations: a local path or a URI ---------------------------------------------------------
+
+
+def uri_scheme(location: str | os.PathLike) -> str | None:
+    """The scheme of a URI ("s3" for "s3://bucket/key"); None for a plain path."""
+    scheme, sep, _ = str(location).partition("://")
+    return scheme.lower() if sep else None
+
+
+def checkpoint_uri_problem(uri: str) -> str | None:
+    """Why `uri` cannot be a checkpoint root (None: it can)."""
+    scheme = uri_scheme(uri)
+    schemes = [f"{name}://" for name in URI_SCHEMES]
+    if scheme not in URI_SCHEMES:
+        return f"must be a URI starting with one of {schemes}, got {uri!r}"
+    rest = uri.partition("://")[2]
+    if not rest.strip("/"):
+        return f"names no bucket or folder: {uri!r}"
+    if scheme == "file" and not rest.startswith("/"):
+        return f"a file:// URI needs an absolute path (file:///abs/path), got {uri!r}"
+    return None
+
+
+def checkpoint_location(cfg: Config) -> str:
+    """The run's checkpoint root: train.checkpoint_uri, else OUTPUT_DIR/checkpoints."""
+    if cfg.train.checkpoint_uri:
+        return cfg.train.checkpoint_uri.rstrip("/")
+    return str(checkpoint_root(cfg.output_dir))
 
 
 def checkpoint_root(output_dir: str | os.PathLike) -> Path:
+    """The default root, a folder in the run's output directory."""
     return Path(output_dir) / "checkpoints"
 
 
+def join(location: str | os.PathLike, *names: str) -> str:
+    """`location`/names..., for a URI and a path alike (pathlib would fold "s3://" to "s3:/")."""
+    return "/".join([str(location).rstrip("/"), *names])
+
+
+def learner_dir(checkpoint: str | os.PathLike) -> str:
+    """Where the learner ranks' DeepSpeed parts of `checkpoint` are."""
+    return join(checkpoint, LEARNER)
+
+
+def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    import pyarrow.fs
+
+    if uri_scheme(location) is not None:
+        return pyarrow.fs.FileSystem.from_uri(location)
+    return pyarrow.fs.LocalFileSystem(), os.path.abspath(location)
+
+
+def _exists(fs: pyarrow.fs.FileSystem, path: str, kind: str = "any") -> bool:
+    import pyarrow.fs
+
+    found = fs.get_file_info(path).type
+    if kind == "file":
+        return found == pyarrow.fs.FileType.File
+    if kind == "dir":
+        return found == pyarrow.fs.FileType.Directory
+    return found != pyarrow.fs.FileType.NotFound
+
+
+def copy_tree(source: str, destination: str) -> None:
+    """Copy a folder (recursively), between a local path and a URI in either direction."""
+    import pyarrow.fs
+
+    fs, path = _filesystem(source)
+    if not _exists(fs, path, "dir"):
+        raise FileNotFoundError(f"no checkpoint folder at {source}")
+    to_fs, to_path = _filesystem(destination)
+    if isinstance(to_fs, pyarrow.fs.LocalFileSystem):  # object stores need no parent folders
+        to_fs.create_dir(to_path, recursive=True)
+    pyarrow.fs.copy_files(source, destination)
+
+
+# -- A checkpoint root -------------------------------------------------------------------------
+
+
+class _Root:
+    """The few operations of the commit protocol, on a local folder or an object store."""
+
+    def __init__(self, location: str | os.PathLike) -> None:
+        self.location = str(location).rstrip("/")
+        self.is_uri = uri_scheme(self.location) is not None
+        self.fs, self.path = _filesystem(self.location)
+
+    def child(self, *names: str) -> str:
+        return join(self.location, *names)
+
+    def _path(self, *names: str) -> str:
+        return join(self.path, *names)
+
+    def has_file(self, *names: str) -> bool:
+        return _exists(self.fs, self._path(*names), "file")
+
+    def read_text(self, *names: str) -> str:
+        with self.fs.open_input_stream(self._path(*names)) as stream:
+            return stream.read().decode()
+
+    def write_text(self, text: str, *names: str) -> None:
+        """Whole or not at all: an object PUT is; a local file goes through a renamed temp."""
+        if self.is_uri:
+            with self.fs.open_output_stream(self._path(*names)) as out:
+                out.write(text.encode())
+            return
+        path = Path(self._path(*names))
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def folders(self) -> list[str]:
+        """Names of the folders directly under the root, sorted (none if it does not exist)."""
+        import pyarrow.fs
+
+        selector = pyarrow.fs.FileSelector(self.path, allow_not_found=True)
+        infos = self.fs.get_file_info(selector)
+        return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+
+    def step_names(self) -> list[str]:
+        return [name for name in self.folders() if name.startswith("step_")]
+
+    def is_complete(self, name: str) -> bool:
+        return self.has_file(name, DRIVER_STATE)
+
+    def remove(self, name: str) -> None:
+        if _exists(self.fs, self._path(name)):
+            self.fs.delete_dir(self._path(name))
+
+    def make_folder(self, name: str) -> None:
+        """Local only: object stores have no folders to create."""
+        if not self.is_uri:
+            Path(self._path(name)).mkdir(parents=True)
+
+    def rename(self, source: str, destination: str) -> None:
+        """Local only: the atomic rename that commits a checkpoint folder."""
+        os.rename(self._path(source), self._path(destination))
+        _fsync_dir(Path(self.path))
+
+
+# -- The driver's side -------------------------------------------------------------------------
+
+
 def write_checkpoint(
-    output_dir: str | os.PathLike,
+    root_location: str | os.PathLike,
     step: int,
     driver_state: dict[str, Any],
     write_learner: Callable[[str], None],
     keep: int,
-) -> Path:
-    """Write step `step`'s checkpoint atomically; keep the newest `keep` checkpoints."""
-    root = checkpoint_root(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
+) -> str:
+    """Write step `step`'s checkpoint under the root and commit it; keep the newest `keep`.
+
+    `write_learner(location)` has every learner rank write (or upload) its part there and
+    returns only when all have. Returns the checkpoint's location."""
+    root = _Root(root_location)
     name = f"step_{step:06d}"
-    tmp, final = root / f".tmp-{name}", root / name
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write_learner(str(tmp / "learner"))
-    _write_json(tmp / DRIVER_STATE, driver_state)
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    _replace_text(root / LATEST, name)
+    # A folder is renamed into place; a URI is written in place and counts as a checkpoint
+    # only once its driver state, written last, is there.
+    staging = name if root.is_uri else f".tmp-{name}"
+    root.remove(staging)  # a torn earlier attempt at this step
+    root.make_folder(staging)
+    write_learner(root.child(staging, LEARNER))
+    root.write_text(json.dumps(driver_state), staging, DRIVER_STATE)
+    if not root.is_uri:
+        root.remove(name)
+        root.rename(staging, name)
+    root.write_text(name, LATEST)
     _prune(root, keep)
-    return final
+    return root.child(name)
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint, or None. Trusts `latest`, else scans."""
-    root = checkpoint_root(output_dir)
-    pointer = root / LATEST
-    if pointer.is_file():
-        candidate = root / pointer.read_text().strip()
-        if (candidate / DRIVER_STATE).is_file():
-            return candidate
-    complete = [p for p in _step_dirs(root) if (p / DRIVER_STATE).is_file()]
-    return complete[-1] if complete else None
+def check_reachable(uri: str) -> None:
+    """Raise unless the bucket of `uri` exists and can be listed (a file:// folder is made
+    when first written). pyarrow raises OSError for an unreachable store or a refusal."""
+    root = _Root(uri)
+    bucket = root.path.split("/", 1)[0]
+    if root.is_uri and uri_scheme(uri) != "file" and not _exists(root.fs, bucket, "dir"):
+        raise FileNotFoundError(f"bucket {bucket!r} not found")
+    root.folders()
 
 
-def read_driver_state(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((checkpoint / DRIVER_STATE).read_text())
+def latest_checkpoint(root_location: str | os.PathLike) -> str | None:
+    """The newest complete checkpoint under the root, or None. Trusts `latest`, else scans."""
+    root = _Root(root_location)
+    if root.has_file(LATEST):
+        name = root.read_text(LATEST).strip()
+        if name.startswith("step_") and root.is_complete(name):
+            return root.child(name)
+    complete = [name for name in root.step_names() if root.is_complete(name)]
+    return root.child(complete[-1]) if complete else None
 
 
-def _step_dirs(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+def read_driver_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    fs, path = _filesystem(join(checkpoint, DRIVER_STATE))
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read().decode())
 
 
-def _prune(root: Path, keep: int) -> None:
-    for stale in root.iterdir():
-        if stale.name.startswith(".tmp-"):
-            shutil.rmtree(stale, ignore_errors=True)
-    for old in _step_dirs(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+def write_final(cfg: Config, write: Callable[[str], None]) -> Path:
+    """Have the learner write the trained HF folder to OUTPUT_DIR/final (`write(location)`).
+
+    With train.checkpoint_uri the learner, maybe on a node that does not share the driver's
+    disk, uploads it to CHECKPOINT_URI/final, and the driver downloads it from there."""
+    local = Path(cfg.output_dir) / FINAL
+    if not cfg.train.checkpoint_uri:
+        write(str(local))
+        return local
+    root = _Root(checkpoint_location(cfg))
+    root.remove(FINAL)  # files of an earlier attempt would mix with the new ones
+    write(root.child(FINAL))
+    shutil.rmtree(local, ignore_errors=True)
+    copy_tree(root.child(FINAL), str(local))
+    return local
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with path.open("w") as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def _prune(root: _Root, keep: int) -> None:
+    """Drop torn attempts (.tmp-* folders, step folders without driver state) and all but
+    the newest `keep` complete checkpoints. Run after a commit: nothing is being written."""
+    for name in root.folders():
+        if name.startswith(".tmp-") or (name.startswith("step_") and not root.is_complete(name)):
+            root.remove(name)
+    for name in root.step_names()[:-keep] if keep > 0 else []:
+        root.remove(name)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -107,3 +288,39 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- A learner rank's side ---------------------------------------------------------------------
+
+
+@contextmanager
+def staged_write(target: str) -> Iterator[str]:
+    """A local folder for this rank to write its part of `target` into.
+
+    A path is used as it is (a folder all ranks see). For a URI it is a fresh folder on this
+    node, uploaded to `target` when the block succeeds, removed either way: a rank that fails
+    uploads nothing, and the driver then commits nothing."""
+    if uri_scheme(target) is None:
+        yield target
+        return
+    local = tempfile.mkdtemp(prefix=STAGING_PREFIX)
+    try:
+        yield local
+        copy_tree(local, target)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+@contextmanager
+def staged_read(source: str) -> Iterator[str]:
+    """A local folder holding `source`: the path itself, or for a URI a download of it on
+    this node, removed after the block."""
+    if uri_scheme(source) is None:
+        yield source
+        return
+    local = tempfile.mkdtemp(prefix=STAGING_PREFIX)
+    try:
+        copy_tree(source, local)
+        yield local
+    finally:
+        shutil.rmtree(local, ignore_errors=True)

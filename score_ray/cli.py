@@ -113,7 +113,28 @@ def _train_config(args: argparse.Namespace) -> Config:
             f"output_dir: {cfg.output_dir} already holds a run; continue it with "
             f"`score-ray train --resume {cfg.output_dir}` or choose another output_dir"
         )
+    _check_checkpoint_uri_is_new(cfg)
     return cfg
+
+
+def _check_checkpoint_uri_is_new(cfg: Config) -> None:
+    """A fresh run's train.checkpoint_uri must be reachable and hold no run's checkpoints
+    (a resume would mix them up); checked before Ray starts."""
+    uri = cfg.train.checkpoint_uri
+    if not uri:
+        return
+    from score_ray.checkpoint import check_reachable, latest_checkpoint
+
+    try:
+        check_reachable(uri)
+        found = latest_checkpoint(uri)
+    except (OSError, ValueError) as err:  # pyarrow: unreachable store, no bucket, no access
+        raise ConfigError(f"train.checkpoint_uri: cannot read {uri}: {err}") from None
+    if found is not None:
+        raise ConfigError(
+            f"train.checkpoint_uri: {uri} already holds checkpoints ({found}); resume that run "
+            "with `score-ray train --resume OUTPUT_DIR` or choose another train.checkpoint_uri"
+        )
 
 
 def prepare_inputs(cfg: Config):
@@ -186,7 +207,9 @@ def init_ray(cfg: Config) -> None:
     # Actors are placed by logical CPUs; on a small machine give the local node
     # enough of them for the configured layout (the actors take turns anyway).
     cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
-    ray.init(num_cpus=cpus, include_dashboard=False)
+    # "local": a new instance even when other Ray instances run on this machine (a bare
+    # ray.init() would join the newest of them, and refuses num_cpus when it does).
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False)
 
 
 if __name__ == "__main__":

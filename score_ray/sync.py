@@ -61,6 +61,14 @@ the NCCL one sends every engine the same init info with rank_offset=1, right for
 deployment with data-parallel ranks, wrong for N independent engines (all would claim
 rank 1). Here the driver orchestrates, each rollout worker gets its own rank_offset, and
 the wire format is vLLM's own (its producer and consumer, the same buffer parameters).
+
+Failing fast: an NCCL broadcast has no timeout, and a CUDA IPC export or load can wait on a
+peer forever. So every step of the GPU transports, set-up included, runs under
+`sync.timeout_s` (`run_concurrently`): a side that has not answered by then, or a rollout
+worker that died (it cannot rejoin the group), raises `WeightSyncError` naming the role. The
+trainer then rebuilds learner and rollout groups from the newest checkpoint, as for a dead
+learner rank. object_store has no deadline: Ray reports a dead peer there, and a dead
+rollout worker is replaced in its group.
 """
 
 from __future__ import annotations
@@ -71,7 +79,8 @@ import math
 import pickle
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +99,17 @@ NCCL_NUM_BUFFERS = 2
 
 class StaleWeightsError(RuntimeError):
     """A weight update arrived out of order."""
+
+
+class WeightSyncError(RuntimeError):
+    """A GPU weight transport broke: a peer died, or did not answer within sync.timeout_s.
+
+    Both sides may be stuck in a collective, so neither group can be reused: the trainer
+    rebuilds them from the newest checkpoint. `role` names the side that failed."""
+
+    def __init__(self, role: str, message: str) -> None:
+        super().__init__(message)
+        self.role = role
 
 
 @dataclass
@@ -246,10 +266,18 @@ def pickle_ipc_handles(handles: list[dict[str, Any]]) -> str:
     return base64.b64encode(pickle.dumps(handles)).decode("ascii")
 
 
-def run_concurrently(*calls: Callable[[], Any]) -> list[Any]:
+def run_concurrently(
+    *calls: Callable[[], Any],
+    timeout_s: float | None = None,
+    roles: Sequence[str] = (),
+    what: str = "weight sync",
+) -> list[Any]:
     """Run the calls in threads and return their results in order. If one raises, raise
     at once without waiting for the others: a broadcast whose peer failed never returns
-    (the threads are daemons, so they do not keep the process alive)."""
+    (the threads are daemons, so they do not keep the process alive).
+
+    With `timeout_s`, calls still running after that long raise `WeightSyncError` naming
+    their `roles` (one per call): a peer that stopped answering must not hang the run."""
     results: queue.Queue = queue.Queue()
 
     def run(index: int, call: Callable[[], Any]) -> None:
@@ -260,13 +288,33 @@ def run_concurrently(*calls: Callable[[], Any]) -> list[Any]:
 
     for index, call in enumerate(calls):
         threading.Thread(target=run, args=(index, call), daemon=True).start()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     out: list[Any] = [None] * len(calls)
-    for _ in calls:
-        index, ok, value = results.get()
+    pending = set(range(len(calls)))
+    while pending:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            index, ok, value = results.get(timeout=wait)
+        except queue.Empty:
+            names = [roles[i] if i < len(roles) else f"call {i}" for i in sorted(pending)]
+            role = " and ".join(names)
+            raise WeightSyncError(
+                role,
+                f"{what}: no answer from {role} within sync.timeout_s="
+                f"{timeout_s:g} s (a peer died or hangs in a collective)",
+            ) from None
         if not ok:
             raise value
         out[index] = value
+        pending.discard(index)
     return out
+
+
+def sync_deadline(cfg: Config) -> float | None:
+    """sync.timeout_s for the GPU transports; None (wait as long as it takes) for object_store,
+    whose dead peers Ray reports and whose slow steps (starting a replacement worker) are
+    no failure."""
+    return None if choose_transport(cfg) == "object_store" else cfg.sync.timeout_s
 
 
 # -- Transports: a learner half and a rollout half ----------------------------------------
@@ -449,8 +497,15 @@ def connect_weight_transport(learner: LearnerGroup, rollout: RolloutGroup) -> No
     NCCL: learner rank 0 and every vLLM worker join one group, all at once."""
     cfg = learner.cfg
     transport = choose_transport(cfg)
+    timeout_s = sync_deadline(cfg)
+    what = f"{transport} weight transport set-up"
     if transport == "cuda_ipc":
-        rollout.init_weight_transport([{"packed": False}] * cfg.rollout.num_workers)
+        run_concurrently(
+            lambda: rollout.init_weight_transport([{"packed": False}] * cfg.rollout.num_workers),
+            timeout_s=timeout_s,
+            roles=("rollout",),
+            what=what,
+        )
     elif transport == "nccl":
         address, port = learner.weight_sync_address()
         trainer, workers = nccl_init_infos(
@@ -463,28 +518,42 @@ def connect_weight_transport(learner: LearnerGroup, rollout: RolloutGroup) -> No
         run_concurrently(
             lambda: learner.init_weight_transport(trainer),
             lambda: rollout.init_weight_transport(workers),
+            timeout_s=timeout_s,
+            roles=("learner", "rollout"),
+            what=what,
         )
 
 
 def sync_weights(learner: LearnerGroup, rollout: RolloutGroup, version: int) -> WeightHandle:
     """Give every rollout worker the learner's current weights as `version`."""
     transport = choose_transport(learner.cfg)
+    what = f"{transport} weight sync of version {version}"
+
+    def bounded(call: Callable[[], Any], role: str) -> Any:
+        return run_concurrently(
+            call, timeout_s=sync_deadline(learner.cfg), roles=(role,), what=what
+        )[0]
+
     if transport == "object_store":
         handle = learner.send_weights(version)
         rollout.update_weights(handle)
     elif transport == "nccl":
         # Receivers need names, shapes and dtypes before the first byte arrives.
-        handle = learner.describe_weights(version)
-        held = max(rollout.weight_versions())
+        handle = bounded(lambda: learner.describe_weights(version), "learner")
+        held = max(bounded(rollout.weight_versions, "rollout"))
         if held >= version:  # a worker refusing mid-broadcast would hang the learner
             raise StaleWeightsError(f"rollout holds version {held}, cannot sync {version}")
         run_concurrently(
-            lambda: learner.send_weights(version), lambda: rollout.update_weights(handle)
+            lambda: learner.send_weights(version),
+            lambda: rollout.update_weights(handle),
+            timeout_s=sync_deadline(learner.cfg),
+            roles=("learner", "rollout"),
+            what=what,
         )
     else:  # cuda_ipc
-        handle = learner.send_weights(version)
+        handle = bounded(lambda: learner.send_weights(version), "learner")
         try:
-            rollout.update_weights(handle)
+            bounded(lambda: rollout.update_weights(handle), "rollout")
         finally:
-            learner.release_weights()
+            bounded(learner.release_weights, "learner")
     return handle

@@ -16,8 +16,10 @@ cheap math of `score_ray.algo` itself.
 Fault tolerance: a checkpoint is written every `train.checkpoint_every` steps
 and when SIGTERM/SIGINT arrives (at the end of the step in flight). A dead
 rollout worker or verifier is replaced inside its group; a dead learner rank
-rolls the whole run back to the newest checkpoint. `Trainer(..., resume=True)`
-continues a run from its newest checkpoint, across the Stage I -> II boundary.
+rolls the whole run back to the newest checkpoint (to the base model before the first
+one). So does a broken GPU weight transport (`WeightSyncError`: a sync past
+`sync.timeout_s`, a dead rollout worker that cannot rejoin the group). `Trainer(...,
+resume=True)` continues a run from its newest checkpoint, across the Stage I -> II boundary.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from tqdm import tqdm
 from score_ray.algo import attempt_rewards, collate_traces
 from score_ray.algo.advantages import trace_advantages
 from score_ray.algo.traces import Attempt, Trace
-from score_ray.checkpoint import latest_checkpoint, read_driver_state, write_checkpoint
+from score_ray.checkpoint import (
+    checkpoint_location,
+    latest_checkpoint,
+    learner_dir,
+    read_driver_state,
+    write_checkpoint,
+    write_final,
+)
 from score_ray.config import Config, save_config
 from score_ray.evaluate import self_correction_metrics
 from score_ray.learner.group import LearnerFailure, LearnerGroup
@@ -47,7 +56,12 @@ from score_ray.offline import POOL_FILE, OfflinePool, offline_prompts_per_step, 
 from score_ray.placement import Placement, reserve
 from score_ray.prompts import PromptBuilder
 from score_ray.rollout.group import RolloutGroup
-from score_ray.sync import choose_transport, connect_weight_transport, sync_weights
+from score_ray.sync import (
+    WeightSyncError,
+    choose_transport,
+    connect_weight_transport,
+    sync_weights,
+)
 from score_ray.tasks.base import Problem
 from score_ray.transitions import answer_change_metrics, transition_counts
 from score_ray.verify.pool import VerifierPool, VerifyStats
@@ -114,6 +128,7 @@ class Trainer:
     ):
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir)
+        self.checkpoints = checkpoint_location(cfg)
         # In-training evaluations watch the dev split when there is one: the held-out split
         # is kept for the numbers a run reports (`score-ray eval`).
         self.eval_problems = dev or held_out
@@ -139,8 +154,9 @@ class Trainer:
         connect_weight_transport(self.actors.learner, self.actors.rollout)
         # Padding is masked by attention_mask; the id only fills the tensor.
         self.pad_id = int(load_tokenizer(model_path).pad_token_id)
-        checkpoint = latest_checkpoint(self.output_dir) if resume else None
         self.offline = self._load_offline_pool() if resume else None
+        self.initial_state = self.driver_state()  # what a failure before any checkpoint restores
+        checkpoint = latest_checkpoint(self.checkpoints) if resume else None
         if checkpoint is not None:
             self.restore(checkpoint)
         # A resumed run drops the records written after its checkpoint, or all of them
@@ -155,6 +171,7 @@ class Trainer:
             self.evaluate(tag="base")
         if self.offline is None and cfg.train.offline_attempt1_fraction > 0:
             self.offline = self._sample_offline_pool()
+            self.initial_state["offline_pool"] = self.offline.state()  # a restart redraws alike
         bar = tqdm(
             total=len(self.schedule),
             initial=self.global_step,
@@ -175,12 +192,12 @@ class Trainer:
                     )
                     bar.update()
                     self._after_step()
-                except LearnerFailure as failure:
+                except (LearnerFailure, WeightSyncError) as failure:
                     self.recover_learner(failure)
                     bar.n = self.global_step
                     bar.refresh()
         final = self.evaluate(tag="final")
-        self.actors.learner.save_pretrained(str(self.output_dir / "final"))
+        write_final(cfg, self.actors.learner.save_pretrained)
         self.metrics.close()
         return final
 
@@ -232,19 +249,26 @@ class Trainer:
             "torch_rng": torch.get_rng_state().tolist(),
         }
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> str:
         return write_checkpoint(
-            self.output_dir,
+            self.checkpoints,
             self.global_step,
             self.driver_state(),
             self.actors.learner.save_checkpoint,
             keep=self.cfg.train.keep_checkpoints,
         )
 
-    def restore(self, checkpoint: Path) -> None:
+    def restore(self, checkpoint: str) -> None:
         """Load learner and driver state from `checkpoint` and push its weights."""
         state = read_driver_state(checkpoint)
-        self.actors.learner.load_checkpoint(str(checkpoint / "learner"))
+        self.actors.learner.load_checkpoint(learner_dir(checkpoint))
+        self._continue_from(state)
+        log.info(
+            "restored %s (step %d, weight version %d)", checkpoint, self.global_step, self.version
+        )
+
+    def _continue_from(self, state: dict[str, Any]) -> None:
+        """Take up the driver state `state` and push the learner's weights to the rollout."""
         self.global_step = state["global_step"]
         self.sampler.load_state(state["sampler"])
         if self.offline is not None and state.get("offline_pool"):
@@ -255,12 +279,10 @@ class Trainer:
         held = max(self.actors.rollout.weight_versions())
         self.version = state["weight_version"] if held < state["weight_version"] else held + 1
         sync_weights(self.actors.learner, self.actors.rollout, self.version)
-        log.info(
-            "restored %s (step %d, weight version %d)", checkpoint, self.global_step, self.version
-        )
 
-    def recover_learner(self, failure: LearnerFailure) -> None:
-        """Rebuild the learner group and roll the run back to the newest checkpoint."""
+    def recover_learner(self, failure: LearnerFailure | WeightSyncError) -> None:
+        """Rebuild the learner group and roll the run back to the newest checkpoint, or to
+        the base model (step 0) when there is none yet."""
         log.warning("%s; rebuilding the learner group from the newest checkpoint", failure)
         self.learner_restarts += 1
         self.actors.learner.shutdown()
@@ -273,12 +295,12 @@ class Trainer:
             self.actors.rollout.wake_up()  # it slept through the failed learn step
         self.actors.learner = LearnerGroup(self.cfg, self.model_path, self.actors.placement)
         connect_weight_transport(self.actors.learner, self.actors.rollout)
-        checkpoint = latest_checkpoint(self.output_dir)
-        if checkpoint is None:
-            raise RuntimeError(
-                "a learner rank died before the first checkpoint; set train.checkpoint_every"
-            ) from failure
-        self.restore(checkpoint)
+        checkpoint = latest_checkpoint(self.checkpoints)
+        if checkpoint is None:  # the new group holds the base model: start over
+            log.warning("no checkpoint yet: restarting from the base model at step 0")
+            self._continue_from(self.initial_state)
+        else:
+            self.restore(checkpoint)
         self.metrics.close()
         self.metrics = MetricsLogger(self.output_dir, resume_step=self.global_step)
 
@@ -449,7 +471,7 @@ class Trainer:
             return traces, r1, r2, stats
         found: list[Trace | None] = [None] * (len(problems) * samples * revisions)
         scoring = self.actors.verifiers.start(2 * len(found))
-        with _timed(timings, "time/generate"):
+        with _timed(timings, "time/generate"), _drained_on_error(scoring):
             for chunk in rollout.stream(problems, samples, False, seed, revisions, given):
                 for index, trace in chunk:
                     found[index] = trace
@@ -513,6 +535,18 @@ def _per_attempt(rewards: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards laid out [r1, r2, r1, r2, ...] (two per trace) -> r1 [N], r2 [N]."""
     pairs = torch.tensor(rewards, dtype=torch.float32).view(-1, 2)
     return pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
+
+
+@contextmanager
+def _drained_on_error(scoring: Any):
+    """If generation fails (a rollout worker that cannot be replaced, and the run recovers),
+    finish the scoring round first: its verifiers stay busy until their items are collected,
+    and the next step would wait on them forever."""
+    try:
+        yield
+    except Exception:
+        scoring.finish()
+        raise
 
 
 class _timed:

@@ -4,7 +4,8 @@ API (called on every rank of the group at once; see `LearnerGroup`):
     setup()                             -> None   join the process group, build engine
     train_step(shard, stage)            -> dict   one policy update on this rank's shard
     sequence_logprobs(token_id_lists)   -> list   current-policy log-probs
-    save_checkpoint(dir) / load_checkpoint(dir)   DeepSpeed state of every rank
+    save_checkpoint(dir) / load_checkpoint(dir)   DeepSpeed state of every rank (dir: a path
+                                                  or a URI, staged through this node's disk)
     send_weights(version)               -> WeightHandle | None  (rank 0 returns it)
     describe_weights(version)           -> WeightHandle   rank 0: names/shapes/dtypes (nccl)
     init_weight_transport(info) / release_weights()       transport set-up and clean-up
@@ -29,6 +30,7 @@ from score_ray.algo import (
     score_loss,
     token_logprobs,
 )
+from score_ray.checkpoint import staged_read, staged_write
 from score_ray.config import Config
 from score_ray.placement import torch_threads
 from score_ray.sync import (
@@ -325,11 +327,14 @@ class Learner:
         self.transport.release()
 
     def save_checkpoint(self, directory: str) -> None:
-        """Model, optimizer and scheduler state of this rank (collective: all ranks)."""
-        self.engine.save_checkpoint(directory, tag="learner")
+        """Model, optimizer and scheduler state of this rank (collective: all ranks). To a
+        URI: written on this node, then uploaded (`staged_write`)."""
+        with staged_write(directory) as local:
+            self.engine.save_checkpoint(local, tag="learner")
 
     def load_checkpoint(self, directory: str) -> None:
-        path, _ = self.engine.load_checkpoint(directory, tag="learner")
+        with staged_read(directory) as local:  # a URI is downloaded to this node first
+            path, _ = self.engine.load_checkpoint(local, tag="learner")
         if path is None:
             raise FileNotFoundError(f"no learner checkpoint in {directory}")
 
@@ -341,11 +346,12 @@ class Learner:
         if self.rank != 0:
             return
         module = self.engine.module
-        module.save_pretrained(path, state_dict=state, safe_serialization=True)
-        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
-        generation_config = getattr(module, "generation_config", None)
-        if generation_config is not None:
-            generation_config.save_pretrained(path)
+        with staged_write(path) as local:  # a URI: written here, then uploaded
+            module.save_pretrained(local, state_dict=state, safe_serialization=True)
+            AutoTokenizer.from_pretrained(self.model_path).save_pretrained(local)
+            generation_config = getattr(module, "generation_config", None)
+            if generation_config is not None:
+                generation_config.save_pretrained(local)
 
 
 # Below this many shared tokens a second forward call costs more than it saves.

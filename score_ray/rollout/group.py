@@ -4,7 +4,8 @@ A worker that dies (node lost, OOM, `ray.kill`) is replaced by a new actor,
 which is given the newest weights before it serves; the call it was serving is
 then retried on it. Replacements are counted in `restarts`. Only with the
 object_store transport: an NCCL group cannot take in a new member, and a
-colocated worker shares its GPU with a learner rank.
+colocated worker shares its GPU with a learner rank; there a dead worker raises
+`WeightSyncError`, and the trainer rebuilds both groups.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from score_ray.algo.traces import Attempt, Trace
 from score_ray.config import Config
 from score_ray.placement import Placement
 from score_ray.rollout.worker import RolloutWorker, rollout_env
-from score_ray.sync import WeightHandle, choose_transport
+from score_ray.sync import WeightHandle, WeightSyncError, choose_transport
 from score_ray.tasks.base import Problem
 
 log = logging.getLogger(__name__)
@@ -207,9 +208,11 @@ class RolloutGroup:
     def _replace(self, index: int) -> None:
         transport = choose_transport(self.cfg)
         if transport != "object_store":
-            raise RuntimeError(
-                f"rollout worker {index} died; with sync.transport={transport} it cannot be "
-                "replaced in a running group: resume the run from its newest checkpoint"
+            # The trainer rebuilds both groups from the newest checkpoint, as for a dead learner.
+            raise WeightSyncError(
+                f"rollout worker {index}",
+                f"rollout worker {index} died; with sync.transport={transport} it cannot rejoin "
+                "the running group",
             )
         log.warning("rollout worker %d died; starting a replacement", index)
         self.workers[index] = self._start(index)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from score_ray.checkpoint import latest_checkpoint, read_driver_state
+from score_ray.checkpoint import checkpoint_root, latest_checkpoint, read_driver_state
 from tests.integration.conftest import CONF
 
 STAGES = ["train.stage1_steps=3", "train.stage2_steps=2", "train.checkpoint_every=1"]
@@ -39,11 +39,14 @@ def _steps(out: Path) -> list[dict]:
 
 
 @contextmanager
-def _run(args: list[str], log: Path) -> Iterator[subprocess.Popen]:
+def _run(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
     """`score-ray train ARGS` in its own session, output to a file (a pipe nobody
     reads would fill up and block the run); the session is killed on the way out
-    whatever happened."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    whatever happened. `env` is added to this environment (which loses RAY_ADDRESS: the
+    driver starts its own Ray unless `env` names a cluster)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **(env or {})}
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "score_ray.cli", "train", *args],
@@ -70,16 +73,24 @@ def _kill_session(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-def _checkpointed_step(out: Path) -> int:
-    checkpoint = latest_checkpoint(out)
+def _checkpointed_step(root: str | Path) -> int:
+    checkpoint = latest_checkpoint(root)
     return read_driver_state(checkpoint)["global_step"] if checkpoint else 0
 
 
-def _wait_for_step(proc: subprocess.Popen, out: Path, step: int, timeout: float = 600) -> None:
-    """Until step `step` is logged and checkpointed."""
+def _wait_for_step(
+    proc: subprocess.Popen,
+    out: Path,
+    step: int,
+    timeout: float = 600,
+    checkpoints: str | None = None,
+) -> None:
+    """Until step `step` is logged and checkpointed (under `checkpoints`, by default
+    OUTPUT_DIR/checkpoints)."""
+    root = checkpoints or checkpoint_root(out)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(r["step"] >= step for r in _steps(out)) and _checkpointed_step(out) >= step:
+        if any(r["step"] >= step for r in _steps(out)) and _checkpointed_step(root) >= step:
             return
         if proc.poll() is not None:
             raise AssertionError(f"run ended early with exit code {proc.returncode}")
@@ -93,7 +104,7 @@ def test_kill_resume_across_stages_then_sigterm(tmp_path):
     with _run(first_args, tmp_path / "first.log") as first:
         _wait_for_step(first, out, 1)
         _kill_session(first)  # the driver and its local Ray die mid-Stage-I
-    killed = read_driver_state(latest_checkpoint(out))
+    killed = read_driver_state(latest_checkpoint(checkpoint_root(out)))
     assert killed["global_step"] >= 1 and killed["stage"] == 1
 
     with _run(["--resume", str(out)], tmp_path / "second.log") as second:
@@ -103,7 +114,7 @@ def test_kill_resume_across_stages_then_sigterm(tmp_path):
     log = (tmp_path / "second.log").read_text()
     assert second.returncode == 128 + signal.SIGTERM, log[-3000:]
     assert "checkpoint written" in log
-    stopped = read_driver_state(latest_checkpoint(out))
+    stopped = read_driver_state(latest_checkpoint(checkpoint_root(out)))
     assert stopped["global_step"] == max(r["step"] for r in _steps(out))
     assert stopped["stage"] == 2
 
