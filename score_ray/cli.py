@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from score_ray.config import (
 )
 from score_ray.demo import add_parser as add_demo_parser
 from score_ray.eval_cli import add_parser as add_eval_parser
+from score_ray.launch import init_ray, prepare_inputs
 
 log = logging.getLogger("score_ray")
 
@@ -111,70 +111,6 @@ def _train_config(args: argparse.Namespace) -> Config:
             f"`score-ray train --resume {cfg.output_dir}` or choose another output_dir"
         )
     return cfg
-
-
-def prepare_inputs(cfg: Config):
-    """Model folder and the two problem splits, length-filtered; fails before Ray starts."""
-    from score_ray.models import load_tokenizer, resolve_model_path
-    from score_ray.prompts import PromptBuilder
-    from score_ray.tasks import drop_questions, load_task_splits
-    from score_ray.trainer import filter_prompt_lengths
-
-    model_path = resolve_model_path(cfg.model)
-    builder = PromptBuilder(load_tokenizer(model_path), cfg.prompts)
-    try:
-        splits = load_task_splits(cfg.task)
-    except ValueError as err:  # the task sources name the bad key
-        raise ConfigError(str(err)) from None
-    train, dropped_train = filter_prompt_lengths(splits.train, builder, cfg)
-    held_out, dropped_eval = filter_prompt_lengths(splits.eval, builder, cfg)
-    # A few-shot example is shown in every prompt: evaluating on it would measure recall.
-    held_out, dropped_examples = drop_questions(
-        held_out, [example.question for example in cfg.prompts.examples]
-    )
-    log.info(
-        "task %s/%s: %d train, %d eval problems (%d malformed rows skipped, %d/%d too long "
-        "dropped, %d held-out problems dropped as few-shot examples)",
-        cfg.task.source,
-        cfg.task.name,
-        len(train),
-        len(held_out),
-        splits.skipped_rows,
-        dropped_train,
-        dropped_eval,
-        dropped_examples,
-    )
-    if not train or not held_out:
-        raise ConfigError(
-            "model.max_model_len: no problem fits in the context after the length filter "
-            f"(train {len(train)}, eval {len(held_out)}); raise model.max_model_len or lower "
-            "rollout.max_new_tokens"
-        )
-    return model_path, train, held_out
-
-
-def required_cpus(cfg: Config) -> float:
-    return (
-        cfg.rollout.num_workers * cfg.rollout.num_cpus
-        + cfg.learner.world_size * cfg.learner.num_cpus
-        + cfg.verifier.num_workers * cfg.verifier.num_cpus
-    )
-
-
-def init_ray(cfg: Config) -> None:
-    """Join the cluster named by ray_address / RAY_ADDRESS, else start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return
-    # Actors are placed by logical CPUs; on a small machine give the local node
-    # enough of them for the configured layout (the actors take turns anyway).
-    cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
-    ray.init(num_cpus=cpus, include_dashboard=False)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def evaluate_model(cfg: Config, attempts: int) -> tuple[dict[str, Any], list[dic
 def load_held_out(cfg: Config, attempts: int) -> tuple[str, list[Problem], PromptBuilder]:
     """The model folder, the held-out problems (length-filtered as in training) and the
     prompt builder; raises `cfg.model.max_model_len` to fit `attempts` attempts."""
-    from score_ray.cli import prepare_inputs
+    from score_ray.launch import prepare_inputs
     from score_ray.models import load_tokenizer
 
     # The held-out split does not depend on train_size: generate few training problems.
@@ -147,7 +147,7 @@ def generate_and_score(
 ) -> tuple[list[AttemptRun], list[list[float]], dict[str, float]]:
     """K greedy attempts per problem on the rollout workers, scored by the verifier pool:
     the runs, rewards[k][i] and the verifier fault counts."""
-    from score_ray.cli import init_ray
+    from score_ray.launch import init_ray
     from score_ray.rollout.group import RolloutGroup
     from score_ray.verify.pool import VerifierPool
 

@@ -25,8 +25,8 @@ import pytest
 import ray
 import yaml
 
-from score_ray.cli import required_cpus
 from score_ray.config import Config, load_config
+from score_ray.launch import required_cpus
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
