@@ -39,6 +39,7 @@ from score_ray.evaluate import (
     run_attempts,
     summarize,
 )
+from score_ray.metrics import resolved_config
 from score_ray.prompts import PromptBuilder
 from score_ray.tasks.base import Problem
 
@@ -121,7 +122,7 @@ def evaluate_model(cfg: Config, attempts: int) -> tuple[dict[str, Any], list[dic
         },
         "verify": verify_stats,
         "time_s": time.perf_counter() - started,
-        "config": _config_dict(cfg),
+        "config": resolved_config(cfg),
     }
     return report, problem_rows(problems, runs, rewards, cfg.prompts.answer_format)
 
@@ -241,9 +242,3 @@ def write_outputs(output_dir: Path, report: dict[str, Any], rows: list[dict[str,
     with open(output_dir / PROBLEMS_JSONL, "w") as out:
         for row in rows:
             out.write(json.dumps(row) + "\n")
-
-
-def _config_dict(cfg: Config) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]

@@ -135,7 +135,7 @@ class Trainer:
         # A resumed run drops the records written after its checkpoint, or all of them
         # when the run died before its first checkpoint and starts over.
         resume_step = (self.global_step if checkpoint else -1) if resume else None
-        self.metrics = MetricsLogger(self.output_dir, resume_step=resume_step)
+        self.metrics = MetricsLogger(self.output_dir, resume_step=resume_step, cfg=cfg)
 
     def run(self) -> dict[str, float]:
         cfg = self.cfg
@@ -167,6 +167,7 @@ class Trainer:
                     bar.n = self.global_step
                     bar.refresh()
         final = self.evaluate(tag="final")
+        self.metrics.log_final(final, self.global_step)
         self.actors.learner.save_pretrained(str(self.output_dir / "final"))
         self.metrics.close()
         return final
@@ -264,7 +265,7 @@ class Trainer:
             ) from failure
         self.restore(checkpoint)
         self.metrics.close()
-        self.metrics = MetricsLogger(self.output_dir, resume_step=self.global_step)
+        self.metrics = MetricsLogger(self.output_dir, resume_step=self.global_step, cfg=self.cfg)
 
     def step(self, stage: int) -> dict:
         """One SCoRe update."""
