@@ -150,9 +150,16 @@ class WandbTracker(Tracker):
         self.run.finish()
 
 
+def mlflow_key(key: str) -> str:
+    """A metric name for MLflow: "/" becomes ".". Its file store keeps each metric in a file
+    named by the key, so `loss` and `loss/pg` would be a file and a folder of one name."""
+    return key.replace("/", ".")
+
+
 class MlflowTracker(Tracker):
     """An MLflow run, by the client API (no global active run). Without a tracking URI the
-    store is a local folder, OUTPUT_DIR/mlruns (`mlflow ui --backend-store-uri` that path)."""
+    store is a local folder, OUTPUT_DIR/mlruns (`mlflow ui --backend-store-uri` that path).
+    Metric names are the records' keys with "/" written as "." (`mlflow_key`)."""
 
     name = "mlflow"
 
@@ -197,7 +204,9 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, step) for key, value in values.items()]
+        metrics = [
+            Metric(mlflow_key(key), float(value), now, step) for key, value in values.items()
+        ]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_final(self, final: dict[str, float], step: int) -> None:

@@ -15,9 +15,18 @@ from score_ray.config import ConfigError, load_config
 from score_ray.metrics import TRACKING_IDS, MetricsLogger, flatten, resolved_config
 
 BACKENDS = "logging.backends=[tensorboard,wandb,mlflow]"
+# Values exact in float32 (TensorBoard stores float32); `loss` with `loss/pg` below it, as
+# the learner logs them (a name that is also a prefix: MLflow's file store needs mlflow_key).
 RECORDS = [
-    {"stage": 1, "step": 1, "loss": 0.5, "acc/t1": 0.25, "reward/attempt2": 1.5},
-    {"stage": 1, "step": 2, "loss": 0.25, "acc/t1": 0.5, "reward/attempt2": -10.0},
+    {"stage": 1, "step": 1, "loss": 0.5, "loss/pg": 0.375, "acc/t1": 0.25, "reward/attempt2": 1.5},
+    {
+        "stage": 1,
+        "step": 2,
+        "loss": 0.25,
+        "loss/pg": 0.125,
+        "acc/t1": 0.5,
+        "reward/attempt2": -10.0,
+    },
     {"eval": "final", "step": 2, "eval/acc_t1": 0.75, "eval/delta": 0.125},
 ]
 FINAL = {"acc_t1": 0.75, "acc_t2": 0.875, "delta": 0.125}
@@ -134,7 +143,7 @@ def mlflow_run(output: Path) -> tuple[set[tuple[str, int, float]], dict[str, str
     client = MlflowClient(tracking_uri=(output / "mlruns").resolve().as_uri())
     run = client.get_run(run_id)
     points = {
-        (key, metric.step, metric.value)
+        (key.replace(".", "/"), metric.step, metric.value)  # mlflow_key wrote "/" as "."
         for key in run.data.metrics
         for metric in client.get_metric_history(run_id, key)
     }
