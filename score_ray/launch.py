@@ -8,9 +8,11 @@ another.
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 from score_ray.config import Config, ConfigError
+from score_ray.placement import layout
 from score_ray.tasks.base import Problem
 
 log = logging.getLogger("score_ray")
@@ -57,11 +59,8 @@ def prepare_inputs(cfg: Config) -> tuple[str, list[Problem], list[Problem]]:
 
 
 def required_cpus(cfg: Config) -> float:
-    return (
-        cfg.rollout.num_workers * cfg.rollout.num_cpus
-        + cfg.learner.world_size * cfg.learner.num_cpus
-        + cfg.verifier.num_workers * cfg.verifier.num_cpus
-    )
+    """Ray CPUs the actors of the layout reserve in all."""
+    return sum(demand.bundle["CPU"] * demand.count for demand in layout(cfg))
 
 
 def init_ray(cfg: Config) -> None:
@@ -74,7 +73,12 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address)
         return
-    # Actors are placed by logical CPUs; on a small machine give the local node
-    # enough of them for the configured layout (the actors take turns anyway).
-    cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
-    ray.init(num_cpus=cpus, include_dashboard=False)
+    ray.init(num_cpus=local_cpus(cfg), include_dashboard=False)
+
+
+def local_cpus(cfg: Config) -> int:
+    """The CPUs a local Ray instance advertises: `score-ray plan` checks the same number.
+
+    Actors are placed by logical CPUs; on a small machine the local node gets enough of
+    them for the configured layout (the actors take turns anyway)."""
+    return max(os.cpu_count() or 1, math.ceil(required_cpus(cfg)))

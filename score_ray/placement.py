@@ -83,16 +83,13 @@ def check_fits(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> None
         raise LayoutError("the Ray cluster has no alive nodes")
     problems = []
     for demand in demands:
-        if demand.count and not any(_fits(demand.bundle, node) for node in nodes):
+        if demand.count and not any(fits(demand.bundle, node) for node in nodes):
             best = {k: max(node.get(k, 0.0) for node in nodes) for k in demand.bundle}
             problems.append(
                 f"{demand.role}: one actor needs {demand.bundle}, but no node has that "
                 f"(largest per node: {best})"
             )
-    needed: Counter[str] = Counter()
-    for demand in demands:
-        for name, amount in demand.bundle.items():
-            needed[name] += amount * demand.count
+    needed = totals(demands)
     total: Counter[str] = Counter()
     for node in nodes:
         total.update(node)
@@ -107,7 +104,16 @@ def check_fits(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> None
         raise LayoutError("the cluster cannot hold this layout:\n  " + "\n  ".join(problems))
 
 
-def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
+def totals(demands: list[RoleDemand]) -> dict[str, float]:
+    """Each resource the whole layout reserves."""
+    needed: Counter[str] = Counter()
+    for demand in demands:
+        for name, amount in demand.bundle.items():
+            needed[name] += amount * demand.count
+    return dict(needed)
+
+
+def fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
     return all(node.get(name, 0.0) + 1e-9 >= amount for name, amount in bundle.items())
 
 
