@@ -35,7 +35,7 @@ log = logging.getLogger("score_ray")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from score_ray.placement import LayoutError
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `score-ray` command line (tests parse the docs' commands with it)."""
     parser = argparse.ArgumentParser(prog="score-ray", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, dest="command")
 
