@@ -28,7 +28,7 @@ from score_ray.config import (
 )
 from score_ray.demo import add_parser as add_demo_parser
 from score_ray.eval_cli import add_parser as add_eval_parser
-from score_ray.launch import init_ray, prepare_inputs
+from score_ray.launch import add_config_arguments, init_ray, prepare_inputs
 from score_ray.plan import add_parser as add_plan_parser
 
 log = logging.getLogger("score_ray")
@@ -56,15 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, dest="command")
 
     train = commands.add_parser("train", help="run SCoRe Stage I then Stage II")
-    train.add_argument(
-        "--config", action="append", help="YAML file merged over the defaults (repeatable)"
-    )
+    add_config_arguments(train, "key=value overrides, e.g. learner.lr=1e-5")
     train.add_argument(
         "--resume",
         metavar="OUTPUT_DIR",
         help="continue the run in OUTPUT_DIR from its newest checkpoint, with its config.yaml",
     )
-    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learner.lr=1e-5")
     train.set_defaults(func=_train)
 
     prepare = commands.add_parser("prepare-model", help="build a cached HF folder for an alias")

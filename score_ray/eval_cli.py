@@ -39,6 +39,7 @@ from score_ray.evaluate import (
     run_attempts,
     summarize,
 )
+from score_ray.launch import add_config_arguments
 from score_ray.metrics import resolved_config
 from score_ray.prompts import PromptBuilder
 from score_ray.tasks.base import Problem
@@ -56,14 +57,9 @@ _EVAL_TRAIN_SIZE = 16
 def add_parser(commands: Any) -> None:
     """Register `score-ray eval` on the CLI's subparsers."""
     parser = commands.add_parser("eval", help="greedy K-attempt evaluation on the held-out split")
-    parser.add_argument(
-        "--config", action="append", help="YAML file merged over the defaults (repeatable)"
-    )
+    add_config_arguments(parser, "key=value overrides: model.path=MODEL_OR_RUN output_dir=DIR")
     parser.add_argument(
         "--attempts", type=int, default=2, help="attempts per problem (>= 2; default 2)"
-    )
-    parser.add_argument(
-        "overrides", nargs="*", help="key=value overrides: model.path=MODEL_OR_RUN output_dir=DIR"
     )
     parser.set_defaults(func=main)
 

@@ -10,12 +10,21 @@ from __future__ import annotations
 import logging
 import math
 import os
+from typing import Any
 
 from score_ray.config import Config, ConfigError
 from score_ray.placement import layout
 from score_ray.tasks.base import Problem
 
 log = logging.getLogger("score_ray")
+
+
+def add_config_arguments(parser: Any, overrides_help: str) -> None:
+    """`--config FILE` (repeatable) and `key=value` overrides: how every command takes a config."""
+    parser.add_argument(
+        "--config", action="append", help="YAML file merged over the defaults (repeatable)"
+    )
+    parser.add_argument("overrides", nargs="*", help=overrides_help)
 
 
 def prepare_inputs(cfg: Config) -> tuple[str, list[Problem], list[Problem]]:

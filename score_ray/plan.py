@@ -37,6 +37,7 @@ from typing import Any
 
 from score_ray.cluster_spec import NodeType, local_node_type, read_cluster, with_gpu_memory
 from score_ray.config import CODE_TASK_SOURCES, Config, load_config
+from score_ray.launch import add_config_arguments, local_cpus
 from score_ray.model_facts import ModelFacts, model_facts
 from score_ray.placement import LayoutError, RoleDemand, check_fits, fits, layout, totals
 from score_ray.transport import choose_transport
@@ -54,9 +55,7 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "plan", help="dry run: check a config's layout and memory against a cluster file"
     )
-    parser.add_argument(
-        "--config", action="append", help="YAML file merged over the defaults (repeatable)"
-    )
+    add_config_arguments(parser, "key=value overrides, as for train")
     parser.add_argument(
         "--cluster",
         metavar="FILE",
@@ -72,7 +71,6 @@ def add_parser(commands: Any) -> None:
         type=float,
         help="memory of each GPU, for cluster files that do not say (KubeRay)",
     )
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, as for train")
     parser.set_defaults(func=main)
 
 
@@ -95,8 +93,6 @@ def cluster_nodes(cfg: Config, cluster: str | None) -> tuple[str, list[NodeType]
     if cluster:
         types, notes = read_cluster(cluster)
         return cluster, types, notes
-    from score_ray.launch import local_cpus
-
     notes = []
     if cfg.ray_address or os.environ.get("RAY_ADDRESS"):
         notes.append(
