@@ -158,7 +158,8 @@ def mlflow_key(key: str) -> str:
 
 class MlflowTracker(Tracker):
     """An MLflow run, by the client API (no global active run). Without a tracking URI the
-    store is a local folder, OUTPUT_DIR/mlruns (`mlflow ui --backend-store-uri` that path).
+    store is a local folder, OUTPUT_DIR/mlruns (`MLFLOW_ALLOW_FILE_STORE=true mlflow ui
+    --backend-store-uri` that path).
     Metric names are the records' keys with "/" written as "." (`mlflow_key`)."""
 
     name = "mlflow"

@@ -79,8 +79,15 @@ def layout(cfg: Config) -> list[RoleDemand]:
 
 def check_fits(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> None:
     """Raise LayoutError if an actor fits on no node or the totals fall short."""
+    problems = layout_problems(demands, nodes)
+    if problems:
+        raise LayoutError("the cluster cannot hold this layout:\n  " + "\n  ".join(problems))
+
+
+def layout_problems(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> list[str]:
+    """Each way the nodes fall short of the layout, naming the role and the resource."""
     if not nodes:
-        raise LayoutError("the Ray cluster has no alive nodes")
+        return ["the Ray cluster has no alive nodes"]
     problems = []
     for demand in demands:
         if demand.count and not any(fits(demand.bundle, node) for node in nodes):
@@ -100,8 +107,7 @@ def check_fits(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> None
                 f"{name}: the layout needs {amount:g} ({', '.join(roles)}), "
                 f"the cluster has {total.get(name, 0.0):g}"
             )
-    if problems:
-        raise LayoutError("the cluster cannot hold this layout:\n  " + "\n  ".join(problems))
+    return problems
 
 
 def totals(demands: list[RoleDemand]) -> dict[str, float]:

@@ -39,7 +39,7 @@ from score_ray.cluster_spec import NodeType, local_node_type, read_cluster, with
 from score_ray.config import CODE_TASK_SOURCES, Config, load_config
 from score_ray.launch import add_config_arguments, local_cpus
 from score_ray.model_facts import ModelFacts, model_facts
-from score_ray.placement import LayoutError, RoleDemand, check_fits, fits, layout, totals
+from score_ray.placement import LayoutError, RoleDemand, fits, layout, layout_problems, totals
 from score_ray.transport import choose_transport
 
 GIB = 2**30
@@ -247,12 +247,11 @@ class Plan:
 
 
 def make_plan(cfg: Config, node_types: list[NodeType], facts: ModelFacts) -> Plan:
+    """Check and size `cfg` on `node_types`: `problems` empty means it fits."""
     demands = layout(cfg)
-    problems = []
-    try:
-        check_fits(demands, [node for t in node_types for node in t.nodes()])
-    except LayoutError as err:
-        problems += str(err).splitlines()[1:]  # the lines after "cannot hold this layout:"
+    # The check a run makes against the live cluster (placement.check_fits), on every node
+    # the cluster file allows.
+    problems = layout_problems(demands, [node for t in node_types for node in t.nodes()])
     rollout_gpu = gpu_memory_for(role_bundle(demands, "rollout"), node_types)
     estimates = [
         rollout_estimate(cfg, facts, rollout_gpu),
@@ -267,7 +266,7 @@ def make_plan(cfg: Config, node_types: list[NodeType], facts: ModelFacts) -> Pla
         choose_transport(cfg),
         estimates,
         tokens_per_step(cfg),
-        [p.strip() for p in problems],
+        problems,
     )
     plan.problems += memory_problems(plan)
     return plan

@@ -5,6 +5,7 @@ backend wrote to disk, as its own tools would read it."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,8 @@ def mlflow_run(output: Path) -> tuple[set[tuple[str, int, float]], dict[str, str
     import yaml
     from mlflow.tracking import MlflowClient
 
+    # MLflow 3 reads a file store only when asked: what the tracker set in the run's process.
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     run_id = json.loads((output / TRACKING_IDS).read_text())["mlflow"]
     client = MlflowClient(tracking_uri=(output / "mlruns").resolve().as_uri())
     run = client.get_run(run_id)
