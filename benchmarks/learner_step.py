@@ -112,7 +112,7 @@ def main() -> None:
     vocab = AutoModelForCausalLM.from_pretrained(model_path).config.vocab_size
     batch = demo_shaped_batch(vocab, args.traces, args)
     advantages = torch.randn(2, args.traces, generator=torch.Generator().manual_seed(0))
-    shard = LearnerShard(batch, advantages[0], advantages[1])
+    shard = LearnerShard(batch, advantages[0], advantages[1], torch.ones_like(advantages[0]))
     port = free_port()  # one process group for the whole run: DeepSpeed joins it once
 
     def zero(stage: int) -> Callable[[], Any]:

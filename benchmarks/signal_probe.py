@@ -9,6 +9,9 @@ temperature: Acc@t1 and Acc@t2 of the samples, the attempt transitions (00, 01 =
 (`stage2_rewards`, alpha from the config) varies, i.e. the groups that carry a signal.
 
     .venv/bin/python benchmarks/signal_probe.py --temperatures 0.3 0.6 1.0
+    # first attempts at T=1.0, four second attempts of each at T=0.3:
+    .venv/bin/python benchmarks/signal_probe.py --temperatures 1.0 --revisions 4 \
+        rollout.attempt2_temperature=0.3
     # a trained policy (its final/ folder), on the same training problems:
     .venv/bin/python benchmarks/signal_probe.py --temperatures 0.3 --label demo-trained \
         model.path=runs/demo/train/final
@@ -38,7 +41,10 @@ def main() -> None:
     )
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.3, 0.6, 1.0])
     parser.add_argument("--problems", type=int, default=16)
-    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=8, help="first attempts per problem")
+    parser.add_argument(
+        "--revisions", type=int, default=1, help="second attempts per first attempt (M)"
+    )
     parser.add_argument("--offset", type=int, default=100, help="first training problem used")
     parser.add_argument("--label", help="results file name (default: model.path)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
@@ -53,9 +59,12 @@ def main() -> None:
     for temperature in args.temperatures:
         cfg = load_config(args.config, [*args.overrides, f"rollout.temperature={temperature}"])
         group = RolloutGroup(cfg, model_path)
-        traces = group.generate(problems, args.samples, greedy=False, seed=7)
+        traces = group.generate(problems, args.samples, False, 7, args.revisions)
         group.shutdown()
-        runs[str(temperature)] = probe(cfg, problems, traces, args.samples)
+        runs[str(temperature)] = probe(cfg, problems, traces, args.samples * args.revisions)
+        runs[str(temperature)]["wrong_first_attempts_fixed"] = _fixed_first_attempts(
+            cfg, problems, traces, args.samples, args.revisions
+        )
         print(f"temperature {temperature}: {runs[str(temperature)]}", flush=True)
 
     data = {
@@ -63,10 +72,20 @@ def main() -> None:
         "overrides": args.overrides,
         "problems": args.problems,
         "samples": args.samples,
+        "revisions": args.revisions,
         "runs": runs,
     }
     write_result("signal_probe", args.label or cfg.model.path, data)
-    header = ["T", "Acc@t1", "Acc@t2", "i->c", "c->i", "groups with r2 signal", "Stage II signal"]
+    header = [
+        "T",
+        "Acc@t1",
+        "Acc@t2",
+        "i->c",
+        "c->i",
+        "wrong y1 fixed",
+        "groups with r2 signal",
+        "Stage II signal",
+    ]
     rows = [
         [
             temperature,
@@ -74,6 +93,7 @@ def main() -> None:
             run["acc_t2"],
             run["transitions"].get("01", 0),
             run["transitions"].get("10", 0),
+            "{1}/{0}".format(*run["wrong_first_attempts_fixed"]),
             f"{run['groups_r2_varies']}/{args.problems}",
             f"{run['groups_shaped_varies']}/{args.problems}",
         ]
@@ -104,6 +124,21 @@ def probe(cfg, problems, traces, samples: int) -> dict:
         "groups_shaped_varies": _groups_that_vary(shaped, samples),
         "examples": [[t.attempt1_text, t.attempt2_text] for t in traces[:4]],
     }
+
+
+def _fixed_first_attempts(cfg, problems, traces, samples: int, revisions: int) -> list[int]:
+    """[wrong first attempts, of which at least one of the M revisions fixed]."""
+    fmt = cfg.prompts.answer_format
+    per_problem = samples * revisions
+    wrong = fixed = 0
+    for start in range(0, len(traces), revisions):
+        problem = problems[start // per_problem]
+        if score_completion(problem, traces[start].attempt1_text, fmt) >= 1.0:
+            continue
+        wrong += 1
+        siblings = traces[start : start + revisions]
+        fixed += any(score_completion(problem, t.attempt2_text, fmt) >= 1.0 for t in siblings)
+    return [wrong, fixed]
 
 
 def _groups_that_vary(rewards: torch.Tensor, samples: int) -> int:

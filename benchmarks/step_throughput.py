@@ -134,7 +134,8 @@ class NaiveScore:
         groups = (cfg.train.prompts_per_step, samples)
         advantage1 = rloo_advantages(reward1.view(groups)).flatten()
         advantage2 = rloo_advantages(reward2.view(groups)).flatten()
-        shard = LearnerShard(collate_traces(traces, self.pad_id), advantage1, advantage2)
+        batch = collate_traces(traces, self.pad_id)
+        shard = LearnerShard(batch, advantage1, advantage2, torch.ones_like(advantage1))
         self.learner.train_step(shard, STAGE)
         timings["learn"] = time.perf_counter() - mark
         timings["sync"] = 0.0  # one process, one copy of the weights
@@ -212,7 +213,7 @@ def main() -> None:
                 modes[mode].append(timings)
     trainer.actors.shutdown()
 
-    traces = cfg.train.traces_per_step
+    traces = cfg.traces_per_step
     summaries = {mode: summarize(steps, traces) for mode, steps in modes.items()}
     naive_rate = summaries["naive"]["traces_per_s"]
     for summary in summaries.values():

@@ -28,7 +28,7 @@ from score_ray.config import (
 )
 from score_ray.demo import add_parser as add_demo_parser
 from score_ray.eval_cli import add_parser as add_eval_parser
-from score_ray.launch import add_config_arguments, init_ray, prepare_inputs
+from score_ray.launch import add_config_arguments, init_ray, prepare_splits
 from score_ray.plan import add_parser as add_plan_parser
 
 log = logging.getLogger("score_ray")
@@ -84,11 +84,14 @@ def _prepare_model(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
-    model_path, train, held_out = prepare_inputs(cfg)
+    model_path, splits = prepare_splits(cfg)
     init_ray(cfg)
     from score_ray.trainer import Trainer
 
-    final = Trainer(cfg, model_path, train, held_out, resume=bool(args.resume)).run()
+    trainer = Trainer(
+        cfg, model_path, splits.train, splits.eval, resume=bool(args.resume), dev=splits.dev
+    )
+    final = trainer.run()
     print(
         f"done: Acc@t1 {final['acc_t1']:.3f}  Acc@t2 {final['acc_t2']:.3f}  "
         f"Delta {final['delta']:+.3f}  -> {cfg.output_dir}"

@@ -32,7 +32,8 @@ TASK_SOURCES = ("reasoning_gym", "math_jsonl", "humaneval", "mbpp_jsonl")
 CODE_TASK_SOURCES = ("humaneval", "mbpp_jsonl")  # answered with code, scored in the sandbox
 ANSWER_FORMATS = ("answer_tag", "boxed", "code")
 DTYPES = ("float32", "bfloat16", "float16")
-KL_ESTIMATORS = ("k1", "k3")
+KL_ESTIMATORS = ("k2", "k3")  # as losses; k1 has zero expected gradient (algo/losses.py)
+CREDITS = ("per_attempt", "trajectory")
 ZERO_STAGES = (0, 1, 2, 3)
 SYNC_TRANSPORTS = ("auto", "object_store", "nccl", "cuda_ipc")
 
@@ -74,6 +75,11 @@ class TaskConfig:
     """Number of training problems (reasoning_gym: generated; jsonl: at most this many)."""
     eval_size: int = 200
     """Number of held-out evaluation problems, disjoint from training."""
+    dev_size: int = 0
+    """Number of dev problems, disjoint from training and held-out by normalised question text
+    (taken from the training candidates before the training split). Choices (prompt, task,
+    temperatures, steps, alpha, beta, lr) are made on dev or training problems; in-training
+    evaluations use dev when it is set; the held-out split is only for reported numbers."""
     seed: int = 0
     """Seed for problem generation and the train/eval split."""
 
@@ -119,9 +125,20 @@ class RolloutConfig:
     dtype: str = "bfloat16"
     """vLLM weight/activation dtype."""
     temperature: float = 1.0
-    """Sampling temperature during training (the paper: 1.0). Evaluation is greedy."""
+    """Sampling temperature of attempt 1 during training (the paper: 1.0), and of attempt 2
+    unless `attempt2_temperature` is set. Must be > 0 (at 0 every sample of a group is the same
+    and every advantage is 0). The learner and the reference model score each attempt's tokens
+    at the temperature it was sampled at (logits / T), so the update stays on-policy.
+    Evaluation is greedy."""
+    attempt2_temperature: float | None = None
+    """Sampling temperature of attempt 2 during training (None: `temperature`)."""
+    attempt2_samples: int = 1
+    """Second attempts sampled from each first attempt (M). With M >= 2, attempt 2's RLOO
+    baseline is the leave-one-out mean over the M siblings that share (x1, y1), and each
+    first attempt counts once in the loss (weight 1/M per trace). M = 1: the plain estimator."""
     top_p: float = 1.0
-    """Nucleus sampling cut-off during training."""
+    """Nucleus sampling cut-off during training. Only 1.0 is accepted: the learner scores
+    tokens under the full softmax at the sampling temperature, not under a truncated nucleus."""
     max_new_tokens: int = 256
     """Per-attempt generation budget."""
     kv_cache_gib: float = 1.0
@@ -228,8 +245,17 @@ class AlgoConfig:
     """KL coefficient on attempt 2 (and attempt 1 in Stage II)."""
     beta2: float = 0.1
     """Stage I KL coefficient on attempt 1: keeps the first attempt near the base (Eq. 3)."""
-    kl_estimator: str = "k3"
-    """Per-token KL estimate: k1 (log-ratio) or k3 (exp(d) - d - 1, unbiased and >= 0)."""
+    kl_estimator: str = "k2"
+    """Per-token KL term used as a loss, with d = log pi - log pi_ref on tokens y ~ pi: k2 =
+    d^2 / 2, whose expected gradient is that of KL(pi || pi_ref) (the paper's KL), or k3 =
+    exp(-d) + d - 1, whose expected gradient is that of the reverse KL(pi_ref || pi) (equal to
+    first order near pi_ref). k1 = d is rejected: its expected gradient is zero."""
+    credit: str = "per_attempt"
+    """Which reward attempt 1's tokens are credited with: per_attempt (its own reward only) or
+    trajectory (its reward + gamma * attempt 2's shaped reward, the policy gradient of the
+    paper's whole-trace objective). See algo/rewards.py."""
+    gamma: float = 1.0
+    """Discount on attempt 2's reward in attempt 1's return (algo.credit=trajectory)."""
     stage1_train_attempt1: bool = False
     """Also reward attempt 1 with r1 in Stage I (paper: False, attempt 1 is only KL-pinned)."""
     single_turn: bool = False
@@ -259,10 +285,14 @@ class TrainConfig:
     """How many of the newest checkpoints to keep on disk."""
     seed: int = 0
     """Seed for problem order, sampling and initialisation."""
-
-    @property
-    def traces_per_step(self) -> int:
-        return self.prompts_per_step * self.samples_per_prompt
+    offline_attempt1_fraction: float = 0.0
+    """Share of each step's prompts whose first attempts come from a pool sampled from the base
+    model before training (paper Sec. 5.3, base-model first attempts as extra states). Their
+    attempt 2 is sampled and trained on-policy; their attempt-1 tokens get no policy-gradient
+    and no KL term. The pool is written to OUTPUT_DIR/offline_attempt1.jsonl."""
+    offline_pool_size: int = 256
+    """Training problems in the offline first-attempt pool (samples_per_prompt first attempts
+    each, at the attempt-1 temperature)."""
 
 
 @dataclass
@@ -284,6 +314,22 @@ class Config:
     """How long to wait for the cluster to reserve the actors' resources before failing."""
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig())
     """Experiment tracking (the section is defined at the end of this file)."""
+
+    @property
+    def traces_per_step(self) -> int:
+        """Traces per update: prompts x first attempts x second attempts per first attempt."""
+        train = self.train
+        return train.prompts_per_step * train.samples_per_prompt * self.rollout.attempt2_samples
+
+    @property
+    def attempt2_temperature(self) -> float:
+        """The temperature attempt 2 is sampled at during training."""
+        rollout = self.rollout
+        return (
+            rollout.temperature
+            if rollout.attempt2_temperature is None
+            else rollout.attempt2_temperature
+        )
 
 
 ConfigPaths = str | os.PathLike | list[str | os.PathLike] | tuple[str | os.PathLike, ...] | None
@@ -360,7 +406,16 @@ def validate(cfg: Config) -> None:
     for name in ("alpha", "beta1", "beta2"):
         value = getattr(cfg.algo, name)
         need(value >= 0, f"algo.{name}", f"must be >= 0, got {value}")
-    choice(cfg.algo.kl_estimator, "algo.kl_estimator", KL_ESTIMATORS)
+    need(
+        cfg.algo.kl_estimator != "k1",
+        "algo.kl_estimator",
+        "k1 cannot be a loss: its expected gradient is zero, so it would silently remove the KL "
+        "anchor (Stage I's beta2 pin included); use k2 (gradient of KL(pi || pi_ref)) or k3",
+    )
+    if cfg.algo.kl_estimator != "k1":
+        choice(cfg.algo.kl_estimator, "algo.kl_estimator", KL_ESTIMATORS)
+    choice(cfg.algo.credit, "algo.credit", CREDITS)
+    need(0 <= cfg.algo.gamma <= 1, "algo.gamma", f"must be in [0, 1], got {cfg.algo.gamma}")
     need(
         cfg.train.samples_per_prompt >= 2,
         "train.samples_per_prompt",
@@ -375,10 +430,25 @@ def validate(cfg: Config) -> None:
     need(cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     per_update = cfg.learner.world_size * cfg.learner.micro_batch_size
     need(
-        cfg.train.traces_per_step % per_update == 0,
+        cfg.traces_per_step % per_update == 0,
         "train.prompts_per_step",
-        f"prompts_per_step * samples_per_prompt = {cfg.train.traces_per_step} traces must split "
-        f"evenly into learner.world_size * learner.micro_batch_size = {per_update}",
+        f"prompts_per_step * samples_per_prompt * rollout.attempt2_samples = "
+        f"{cfg.traces_per_step} traces must split evenly into learner.world_size * "
+        f"learner.micro_batch_size = {per_update}",
+    )
+    fraction = cfg.train.offline_attempt1_fraction
+    need(
+        0 <= fraction <= 1, "train.offline_attempt1_fraction", f"must be in [0, 1], got {fraction}"
+    )
+    need(cfg.train.offline_pool_size >= 1, "train.offline_pool_size", "must be >= 1")
+    need(cfg.task.dev_size >= 0, "task.dev_size", "must be >= 0")
+    low_precision = cfg.model.dtype in ("bfloat16", "float16")
+    need(
+        not low_precision or cfg.learner.num_gpus > 0,
+        "model.dtype",
+        f"{cfg.model.dtype} needs a GPU learner (learner.num_gpus > 0), where DeepSpeed keeps fp32 "
+        "master weights; on CPU AdamW would update the low-precision weights directly (at lr "
+        "5e-6 most bf16 weights never change). Use float32 on CPU",
     )
     choice(cfg.model.dtype, "model.dtype", DTYPES)
     choice(cfg.rollout.dtype, "rollout.dtype", DTYPES)
@@ -395,8 +465,23 @@ def validate(cfg: Config) -> None:
     choice(cfg.sync.transport, "sync.transport", SYNC_TRANSPORTS)
     need(cfg.sync.bucket_mb >= 1, "sync.bucket_mb", "must be >= 1")
     _check_sync(cfg, need)
-    need(cfg.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
-    need(0 < cfg.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    no_signal = "(at 0 every sample of a group is the same, so every advantage is 0)"
+    need(
+        cfg.rollout.temperature > 0, "rollout.temperature", f"must be > 0 for training {no_signal}"
+    )
+    temperature2 = cfg.rollout.attempt2_temperature
+    need(
+        temperature2 is None or temperature2 > 0,
+        "rollout.attempt2_temperature",
+        f"must be > 0 for training {no_signal}",
+    )
+    need(
+        cfg.rollout.top_p == 1.0,
+        "rollout.top_p",
+        f"must be 1.0, got {cfg.rollout.top_p}: the learner scores sampled tokens under the full "
+        "softmax at the sampling temperature, which a nucleus cut-off would make off-policy",
+    )
+    need(cfg.rollout.attempt2_samples >= 1, "rollout.attempt2_samples", "must be >= 1")
     need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
     need(
         2 * cfg.rollout.max_new_tokens < cfg.model.max_model_len,

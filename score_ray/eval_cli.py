@@ -12,8 +12,16 @@ so far plus the correction instruction (`score_ray.evaluate.run_attempts`).
 
 Writes to `output_dir`:
     eval.json            acc_t1, acc_t2, delta, delta_i2c, delta_c2i (acc_t3, ... with more
-                         attempts), each {"value", "ci"}: a 95% paired-bootstrap interval;
-                         n, model_path, the resolved config, verifier fault counts
+                         attempts), each {"value", "ci", "method"}: a 95% paired-bootstrap
+                         interval, exact Clopper-Pearson for i->c and c->i (with "count");
+                         delta also has McNemar's exact "mcnemar_p" and its "i2c", "c2i"
+                         counts (`score_ray.evaluate.summarize`); split, n, transitions
+                         (fixes, breaks, wrong first attempts), answer_changes (share of
+                         second answers that differ from the first: all problems, and those
+                         wrong at t1), model_path, the resolved config, verifier fault
+                         counts, and "problems": {"uids", "rewards"} with rewards[k][i] for
+                         attempt k+1 on problem uids[i], so two evaluations can be compared
+                         problem by problem
     eval_problems.jsonl  per problem: question, gold answer, and each attempt's text,
                          extracted answer and reward
 """
@@ -43,6 +51,7 @@ from score_ray.launch import add_config_arguments
 from score_ray.metrics import resolved_config
 from score_ray.prompts import PromptBuilder
 from score_ray.tasks.base import Problem
+from score_ray.transitions import answer_change_metrics, transition_counts
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,7 @@ EVAL_JSON = "eval.json"
 PROBLEMS_JSONL = "eval_problems.jsonl"
 EVAL_CHUNK_PER_WORKER = 64
 """Problems per rollout worker per progress-bar tick."""
+SPLITS = ("held_out", "dev")
 _EVAL_TRAIN_SIZE = 16
 """Training problems generated alongside the held-out split (unused; the split is the same)."""
 
@@ -61,6 +71,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--attempts", type=int, default=2, help="attempts per problem (>= 2; default 2)"
     )
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="held_out",
+        help="held_out (reported numbers) or dev (task.dev_size problems, for choices)",
+    )
     parser.set_defaults(func=main)
 
 
@@ -68,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
     if args.attempts < 2:
         raise ConfigError(f"--attempts: must be >= 2, got {args.attempts}")
     cfg, run_dir = eval_config(args.config, args.overrides)
-    report, rows = evaluate_model(cfg, args.attempts)
+    report, rows = evaluate_model(cfg, args.attempts, args.split)
     if run_dir is not None:
         report["run_dir"] = str(run_dir)
     write_outputs(Path(cfg.output_dir), report, rows)
@@ -98,16 +114,26 @@ def eval_config(config_path: ConfigPaths, overrides: list[str]) -> tuple[Config,
     return cfg, run_dir
 
 
-def evaluate_model(cfg: Config, attempts: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_model(
+    cfg: Config, attempts: int, split: str = "held_out"
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run the evaluation on Ray: the report for eval.json and one row per problem."""
     started = time.perf_counter()
-    model_path, problems, builder = load_held_out(cfg, attempts)
+    model_path, problems, builder = load_held_out(cfg, attempts, split)
     runs, rewards, verify_stats = generate_and_score(cfg, model_path, problems, builder, attempts)
     summary = summarize(rewards)
+    rows = problem_rows(problems, runs, rewards, cfg.prompts.answer_format)
     report = {
         **summary,  # acc_t1, acc_t2, delta, delta_i2c, delta_c2i, acc_t3, ...
         "metrics": list(summary),
+        "split": split,
         "n": len(problems),
+        "transitions": transition_counts(rewards[0], rewards[1]),
+        "answer_changes": answer_change_metrics(
+            [row["attempts"][0]["answer"] for row in rows],
+            [row["attempts"][1]["answer"] for row in rows],
+            rewards[0],
+        ),
         "attempts": attempts,
         "model_path": model_path,
         "bootstrap": {
@@ -119,19 +145,28 @@ def evaluate_model(cfg: Config, attempts: int) -> tuple[dict[str, Any], list[dic
         "verify": verify_stats,
         "time_s": time.perf_counter() - started,
         "config": resolved_config(cfg),
+        # Last, being long: lets `score_ray.report` pair two evaluations by problem.
+        "problems": {"uids": [p.uid for p in problems], "rewards": rewards},
     }
-    return report, problem_rows(problems, runs, rewards, cfg.prompts.answer_format)
+    return report, rows
 
 
-def load_held_out(cfg: Config, attempts: int) -> tuple[str, list[Problem], PromptBuilder]:
-    """The model folder, the held-out problems (length-filtered as in training) and the
-    prompt builder; raises `cfg.model.max_model_len` to fit `attempts` attempts."""
-    from score_ray.launch import prepare_inputs
+def load_held_out(
+    cfg: Config, attempts: int, split: str = "held_out"
+) -> tuple[str, list[Problem], PromptBuilder]:
+    """The model folder, the problems of `split` (held_out or dev; length-filtered as in
+    training) and the prompt builder; raises `cfg.model.max_model_len` to fit `attempts`."""
+    from score_ray.launch import prepare_splits
     from score_ray.models import load_tokenizer
 
-    # The held-out split does not depend on train_size: generate few training problems.
+    if split not in SPLITS:
+        raise ConfigError(f"--split: must be one of {list(SPLITS)}, got {split!r}")
+    if split == "dev" and cfg.task.dev_size < 1:
+        raise ConfigError("--split dev: task.dev_size is 0; set task.dev_size=N")
+    # Neither held-out nor dev depends on train_size: generate few training problems.
     small_train = dataclasses.replace(cfg.task, train_size=_EVAL_TRAIN_SIZE)
-    model_path, _, problems = prepare_inputs(dataclasses.replace(cfg, task=small_train))
+    model_path, splits = prepare_splits(dataclasses.replace(cfg, task=small_train))
+    problems = splits.dev if split == "dev" else splits.eval
     builder = PromptBuilder(load_tokenizer(model_path), cfg.prompts)
     first = [builder.first_prompt_ids(p.question) for p in problems]
     needed = context_needed(first, attempts, cfg.rollout.max_new_tokens, builder.max_bridge_len())

@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from score_ray.config import Config, ConfigError
 from score_ray.placement import layout
 from score_ray.tasks.base import Problem
+
+if TYPE_CHECKING:
+    from score_ray.tasks import TaskSplits
 
 log = logging.getLogger("score_ray")
 
@@ -28,10 +31,17 @@ def add_config_arguments(parser: Any, overrides_help: str) -> None:
 
 
 def prepare_inputs(cfg: Config) -> tuple[str, list[Problem], list[Problem]]:
-    """Model folder and the two problem splits, length-filtered; fails before Ray starts."""
+    """Model folder, training and held-out problems (`prepare_splits` without the dev split)."""
+    model_path, splits = prepare_splits(cfg)
+    return model_path, splits.train, splits.eval
+
+
+def prepare_splits(cfg: Config) -> tuple[str, TaskSplits]:
+    """Model folder and the problem splits (train, held-out, dev), length-filtered, few-shot
+    examples kept out of held-out and dev; fails before Ray starts."""
     from score_ray.models import load_tokenizer, resolve_model_path
     from score_ray.prompts import PromptBuilder
-    from score_ray.tasks import drop_questions, load_task_splits
+    from score_ray.tasks import TaskSplits, drop_questions, load_task_splits
     from score_ray.trainer import filter_prompt_lengths
 
     model_path = resolve_model_path(cfg.model)
@@ -43,16 +53,18 @@ def prepare_inputs(cfg: Config) -> tuple[str, list[Problem], list[Problem]]:
     train, dropped_train = filter_prompt_lengths(splits.train, builder, cfg)
     held_out, dropped_eval = filter_prompt_lengths(splits.eval, builder, cfg)
     # A few-shot example is shown in every prompt: evaluating on it would measure recall.
-    held_out, dropped_examples = drop_questions(
-        held_out, [example.question for example in cfg.prompts.examples]
-    )
+    examples = [example.question for example in cfg.prompts.examples]
+    held_out, dropped_examples = drop_questions(held_out, examples)
+    dev, _ = filter_prompt_lengths(splits.dev, builder, cfg)
+    dev, _ = drop_questions(dev, examples)
     log.info(
-        "task %s/%s: %d train, %d eval problems (%d malformed rows skipped, %d/%d too long "
-        "dropped, %d held-out problems dropped as few-shot examples)",
+        "task %s/%s: %d train, %d eval, %d dev problems (%d malformed rows skipped, %d/%d too "
+        "long dropped, %d held-out problems dropped as few-shot examples)",
         cfg.task.source,
         cfg.task.name,
         len(train),
         len(held_out),
+        len(dev),
         splits.skipped_rows,
         dropped_train,
         dropped_eval,
@@ -64,7 +76,7 @@ def prepare_inputs(cfg: Config) -> tuple[str, list[Problem], list[Problem]]:
             f"(train {len(train)}, eval {len(held_out)}); raise model.max_model_len or lower "
             "rollout.max_new_tokens"
         )
-    return model_path, train, held_out
+    return model_path, TaskSplits(train, held_out, splits.skipped_rows, dev)
 
 
 def required_cpus(cfg: Config) -> float:

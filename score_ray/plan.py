@@ -145,9 +145,10 @@ def learner_estimate(cfg: Config, facts: ModelFacts) -> Estimate:
     params, ranks, stage = facts.parameters, learner.world_size, learner.zero_stage
     width = DTYPE_BYTES[cfg.model.dtype]
     on_gpu = learner.num_gpus > 0
-    # learner.actor.deepspeed_config turns bf16 mixed precision on only for bfloat16 on GPUs;
-    # every ZeRO stage >= 1 keeps an fp32 partition beside the parameters too.
-    mixed = on_gpu and cfg.model.dtype == "bfloat16"
+    # learner.actor.deepspeed_config turns mixed precision (bf16 or fp16, with fp32 master
+    # weights) on for low-precision weights on GPUs; every ZeRO stage >= 1 keeps an fp32
+    # partition beside the parameters too.
+    mixed = on_gpu and cfg.model.dtype in ("bfloat16", "float16")
     optimizer = ADAM_MIXED_BYTES if (mixed or stage >= 1) else 2 * width
     loss_tokens = 2 * cfg.rollout.max_new_tokens
     logits_width = width + (4 if width != 4 else 0)  # the .float() copy, unless already fp32
@@ -158,7 +159,7 @@ def learner_estimate(cfg: Config, facts: ModelFacts) -> Estimate:
         "reference": params * width,
         "logits": learner.micro_batch_size * loss_tokens * facts.vocab_size * logits_width,
     }
-    precision = "bf16 + fp32 master" if mixed else cfg.model.dtype
+    precision = f"{cfg.model.dtype} + fp32 master" if mixed else cfg.model.dtype
     note = f"{precision}, ZeRO-{stage} over {ranks} rank{'s' if ranks > 1 else ''}"
     return Estimate("learner", "GPU" if on_gpu else "CPU", parts, note)
 
@@ -202,9 +203,12 @@ def verifier_estimate(cfg: Config) -> Estimate:
 
 @dataclass
 class Tokens:
+    first_attempts: int
+    """prompts_per_step x samples_per_prompt"""
     traces: int
+    """first attempts x rollout.attempt2_samples second attempts each"""
     generated: int
-    """Upper bound: every attempt of every trace runs to max_new_tokens."""
+    """Upper bound: every attempt runs to max_new_tokens."""
     trained: int
     """Tokens that carry the loss (both attempts), same bound."""
     forward: int
@@ -217,13 +221,15 @@ class Tokens:
 
 
 def tokens_per_step(cfg: Config) -> Tokens:
-    traces = cfg.train.traces_per_step
-    attempt_tokens = traces * 2 * cfg.rollout.max_new_tokens
+    first_attempts = cfg.train.prompts_per_step * cfg.train.samples_per_prompt
+    traces = cfg.traces_per_step
+    budget = cfg.rollout.max_new_tokens
     eval_problems = cfg.train.eval_max_problems or cfg.task.eval_size
     return Tokens(
+        first_attempts=first_attempts,
         traces=traces,
-        generated=attempt_tokens,
-        trained=attempt_tokens,
+        generated=(first_attempts + traces) * budget,
+        trained=traces * 2 * budget,
         forward=traces * cfg.model.max_model_len,
         micro_batches_per_rank=traces // cfg.learner.world_size // cfg.learner.micro_batch_size,
         steps=cfg.train.stage1_steps + cfg.train.stage2_steps,
@@ -375,9 +381,10 @@ def format_plan(plan: Plan, target: str, notes: list[str]) -> str:
     lines += gpu_budget(plan)
     lines += [
         f"tokens    per step: {tokens.traces} traces = {cfg.train.prompts_per_step} prompts x "
-        f"{cfg.train.samples_per_prompt} samples",
-        f"            generated <= {tokens.generated:,} (2 attempts x "
-        f"{cfg.rollout.max_new_tokens} new tokens per trace)",
+        f"{cfg.train.samples_per_prompt} samples x {cfg.rollout.attempt2_samples} second "
+        "attempts each",
+        f"            generated <= {tokens.generated:,} ({tokens.first_attempts} first + "
+        f"{tokens.traces} second attempts x {cfg.rollout.max_new_tokens} new tokens)",
         f"            trained   <= {tokens.trained:,} attempt tokens; learner forward <= "
         f"{tokens.forward:,} tokens (policy, and as many for the reference), "
         f"{tokens.micro_batches_per_rank} micro-batches of {cfg.learner.micro_batch_size} per rank",

@@ -6,6 +6,10 @@ Inputs are files other commands already wrote, so a report can be rebuilt at any
     TRAINED_EVAL/eval.json   `score-ray eval` of the trained model
     RUN/metrics.jsonl        the trainer's per-step records and in-training evaluations
 
+The change column (trained - base) is computed over the problems both evaluations share,
+matched by uid, with a paired bootstrap CI; the report says loudly when the two
+evaluations used different problems (docs/evaluation_statistics.md).
+
 Outputs (in the report folder):
 
     report.md                    tables and plots, readable on GitHub
@@ -16,12 +20,28 @@ Outputs (in the report folder):
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from score_ray.evaluate import (
+    BOOTSTRAP,
+    CLOPPER_PEARSON,
+    change_summary,
+    format_p,
+    mcnemar_exact,
+    transpose,
+)
 
 ACCURACY_PNG = "accuracy_per_attempt.png"
 REWARD_PNG = "reward_per_attempt.png"
 REPORT_MD = "report.md"
+PROBLEMS_JSONL = "eval_problems.jsonl"
+"""Written beside eval.json by `score-ray eval`; the per-problem rewards of older evals."""
+MCNEMAR_LABEL = "McNemar p of Delta (i->c, c->i)"
+
+ProblemRewards = dict[str, tuple[float, ...]]
+"""uid -> the reward of each attempt on that problem."""
 
 METRIC_LABELS = {
     "acc_t1": "Acc@t1",
@@ -58,22 +78,132 @@ def metric_names(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def comparison_rows(base: dict[str, Any], trained: dict[str, Any]) -> list[list[str]]:
-    """One row per metric: name, base [CI], trained [CI], change (trained - base)."""
+def problem_rewards(report: dict[str, Any], folder: str | Path) -> ProblemRewards | None:
+    """The per-problem rewards of one evaluation: eval.json's "problems", or for an eval.json
+    written before that field, eval_problems.jsonl beside it; None when neither exists."""
+    if "problems" in report:
+        uids = report["problems"]["uids"]
+        columns = transpose(report["problems"]["rewards"])
+    else:
+        path = Path(folder) / PROBLEMS_JSONL
+        if not path.is_file():
+            return None
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        uids = [row["uid"] for row in rows]
+        columns = [tuple(a["reward"] for a in row["attempts"]) for row in rows]
+    by_uid = dict(zip(uids, columns, strict=True))
+    if len(by_uid) != len(uids):
+        # Pairing by uid would silently drop a problem; uids are content hashes, so this
+        # means a damaged file rather than a repeated question.
+        raise ValueError(f"{folder}: {len(uids) - len(by_uid)} repeated problem uids")
+    return by_uid
+
+
+@dataclass
+class PairedChange:
+    """The change column's statistics and the sentence the report prints about them."""
+
+    change: dict[str, dict[str, Any]] | None
+    """`change_summary` over the shared problems; None when it cannot be computed."""
+    note: str
+    warning: bool
+    """The evaluations cannot be compared problem by problem as they stand."""
+
+
+def paired_change(base: ProblemRewards | None, trained: ProblemRewards | None) -> PairedChange:
+    """trained - base over the problems (uids) both evaluations share, with a paired
+    bootstrap CI, and a note that names any mismatch between the two problem sets."""
+    if base is None or trained is None:
+        which = " and ".join(
+            name for name, rewards in (("base", base), ("trained", trained)) if rewards is None
+        )
+        note = (
+            f"The change column has no CI: the {which} evaluation records no per-problem "
+            f'rewards (an eval.json without "problems" and no {PROBLEMS_JSONL} beside it).'
+        )
+        return PairedChange(None, note, warning=True)
+    shared = sorted(set(base) & set(trained))  # sorted: the bootstrap's draws are reproducible
+    if not shared:
+        note = (
+            f"Warning: the base ({len(base)}) and trained ({len(trained)}) evaluations share "
+            "no problem; the change column compares different problems and has no CI."
+        )
+        return PairedChange(None, note, warning=True)
+    change = change_summary(
+        transpose([base[uid] for uid in shared]), transpose([trained[uid] for uid in shared])
+    )
+    if len(shared) == len(base) == len(trained):
+        note = (
+            f"Change: trained - base on the same {len(shared)} problems; its 95% CI is a "
+            "paired bootstrap over problems (each problem's base and trained rewards are "
+            "resampled together)."
+        )
+        return PairedChange(change, note, warning=False)
+    note = (
+        f"Warning: the base and trained evaluations used different problems: {len(base)} "
+        f"base, {len(trained)} trained, {len(shared)} shared ({len(base) - len(shared)} only "
+        f"in base, {len(trained) - len(shared)} only in trained). The change column and its "
+        f"CI are computed over the {len(shared)} shared problems only; the base and trained "
+        "columns each over all of their own."
+    )
+    return PairedChange(change, note, warning=True)
+
+
+def comparison_rows(
+    base: dict[str, Any], trained: dict[str, Any], change: dict[str, dict[str, Any]] | None = None
+) -> list[list[str]]:
+    """One row per metric: name, base [CI], trained [CI], change (trained - base) [CI], and
+    a last row with McNemar's test of each Delta. Without `change` (no paired rewards) the
+    change is the difference of the two values, with no CI."""
     rows = []
     for name in metric_names(trained):
         if name not in base:
             continue
         b, t = base[name], trained[name]
-        rows.append(
-            [
-                METRIC_LABELS.get(name, name),
-                with_ci(b, signed=name.startswith("delta")),
-                with_ci(t, signed=name.startswith("delta")),
-                f"{t['value'] - b['value']:+.3f}",
-            ]
-        )
+        signed = name.startswith("delta")
+        if change is not None and name in change:
+            moved = with_ci(change[name], signed=True)
+        else:
+            moved = f"{t['value'] - b['value']:+.3f} [CI n/a]"
+        rows.append([METRIC_LABELS.get(name, name), with_ci(b, signed), with_ci(t, signed), moved])
+    rows.append([MCNEMAR_LABEL, mcnemar_cell(base), mcnemar_cell(trained), ""])
     return rows
+
+
+def mcnemar_cell(report: dict[str, Any]) -> str:
+    """ "p (i->c, c->i)" for one evaluation. An eval.json from before the test was recorded
+    has the two shares and n, which give the counts back."""
+    delta = report.get("delta", {})
+    if "mcnemar_p" in delta:
+        p, b, c = delta["mcnemar_p"], delta["i2c"], delta["c2i"]
+    elif "delta_i2c" in report and "delta_c2i" in report:
+        b = round(report["delta_i2c"]["value"] * report["n"])
+        c = round(report["delta_c2i"]["value"] * report["n"])
+        p = mcnemar_exact(b, c)
+    else:
+        return "n/a"
+    return f"{format_p(p)} ({b}, {c})"
+
+
+def interval_sentence(base: dict[str, Any], trained: dict[str, Any]) -> str:
+    """Which method made which interval, naming an evaluation that predates the exact ones."""
+    older = [
+        name
+        for name, report in (("base", base), ("trained", trained))
+        if report.get("delta_i2c", {}).get("method", BOOTSTRAP) != CLOPPER_PEARSON
+    ]
+    sentence = (
+        f"95% CIs: accuracies, Delta and the change from a {BOOTSTRAP} over problems "
+        f"({trained['bootstrap']['resamples']} resamples); i->c and c->i exact "
+        "(Clopper-Pearson). McNemar p: exact two-sided test of Delta(t1,t2) = 0 on the "
+        "problems whose two attempts disagree."
+    )
+    if older:
+        sentence += (
+            f" The {' and '.join(older)} eval.json predates exact intervals: its i->c and "
+            "c->i CIs are bootstrap ones, which are [0, 0] for a zero count."
+        )
+    return sentence
 
 
 def with_ci(entry: dict[str, Any], signed: bool) -> str:
@@ -95,7 +225,7 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(fmt.format(*row) for row in [header, *rows])
 
 
-COMPARISON_HEADER = ["metric", "base [95% CI]", "trained [95% CI]", "change"]
+COMPARISON_HEADER = ["metric", "base [95% CI]", "trained [95% CI]", "change [95% CI]"]
 STAGE_HEADER = ["stage", "steps", "attempt-1 reward", "attempt-2 reward", "s/step"]
 
 
@@ -176,27 +306,30 @@ def write_report(
     metrics_jsonl: str | Path,
     run_facts: dict[str, str] | None = None,
 ) -> str:
-    """Write report.md and the plots into `out_dir`; return the terminal before/after table."""
+    """Write report.md and the plots into `out_dir`; return the terminal before/after table
+    and the note on how the two evaluations were paired."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base, trained = read_eval(base_eval), read_eval(trained_eval)
     steps, evals = read_metrics(metrics_jsonl)
     plot_accuracy(base, trained, out / ACCURACY_PNG)
     plot_rewards(steps, evals, out / REWARD_PNG)
-    rows = comparison_rows(base, trained)
+    paired = paired_change(problem_rewards(base, base_eval), problem_rewards(trained, trained_eval))
+    rows = comparison_rows(base, trained, paired.change)
     stage_rows = _stage_rows(steps)
     config = trained.get("config", {})
     lines = [
         "# SCoRe report",
         "",
         f"Model: `{base['model_path']}` (base) -> `{trained['model_path']}` (trained).  ",
-        f"Held-out problems: {trained['n']}, greedy decoding, {trained['attempts']} attempts; "
-        f"95% CIs from a paired bootstrap over problems ({trained['bootstrap']['resamples']} "
-        "resamples).",
+        f"Held-out problems: {trained['n']}, greedy decoding, {trained['attempts']} attempts.  ",
+        interval_sentence(base, trained),
         "",
         "## Before and after",
         "",
         markdown_table(COMPARISON_HEADER, rows),
+        "",
+        f"**{paired.note}**" if paired.warning else paired.note,
         "",
         "Delta(t1,t2) = Acc@t2 - Acc@t1; i->c: wrong at attempt 1, right at attempt 2; "
         "c->i: the reverse.",
@@ -231,7 +364,7 @@ def write_report(
         "",
     ]
     (out / REPORT_MD).write_text("\n".join(lines))
-    return text_table(COMPARISON_HEADER, rows)
+    return text_table(COMPARISON_HEADER, rows) + "\n" + paired.note
 
 
 def _stage_rows(steps: list[dict[str, Any]]) -> list[list[str]]:

@@ -34,20 +34,24 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from score_ray.algo import attempt_rewards, collate_traces, rloo_advantages
-from score_ray.algo.traces import Trace
+from score_ray.algo import attempt_rewards, collate_traces
+from score_ray.algo.advantages import trace_advantages
+from score_ray.algo.traces import Attempt, Trace
 from score_ray.checkpoint import latest_checkpoint, read_driver_state, write_checkpoint
 from score_ray.config import Config, save_config
 from score_ray.evaluate import self_correction_metrics
 from score_ray.learner.group import LearnerFailure, LearnerGroup
 from score_ray.metrics import MetricsLogger
 from score_ray.models import load_tokenizer
+from score_ray.offline import POOL_FILE, OfflinePool, offline_prompts_per_step, pool_problems
 from score_ray.placement import Placement, reserve
 from score_ray.prompts import PromptBuilder
 from score_ray.rollout.group import RolloutGroup
 from score_ray.sync import choose_transport, connect_weight_transport, sync_weights
 from score_ray.tasks.base import Problem
+from score_ray.transitions import answer_change_metrics, transition_counts
 from score_ray.verify.pool import VerifierPool, VerifyStats
+from score_ray.verify.scorers import extract_answer
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +110,18 @@ class Trainer:
         train: list[Problem],
         held_out: list[Problem],
         resume: bool = False,
+        dev: list[Problem] | None = None,
     ):
         self.cfg = cfg
         self.output_dir = Path(cfg.output_dir)
-        self.held_out = held_out
+        # In-training evaluations watch the dev split when there is one: the held-out split
+        # is kept for the numbers a run reports (`score-ray eval`).
+        self.eval_problems = dev or held_out
+        self.eval_split = "dev" if dev else "held_out"
+        self.train_problems = train
         self.sampler = ProblemSampler(train, cfg.train.seed)
-        self.problems = {p.uid: p for p in [*train, *held_out]}
+        self.offline: OfflinePool | None = None
+        self.problems = {p.uid: p for p in [*train, *held_out, *(dev or [])]}
         self.model_path = model_path
         self.schedule = [1] * cfg.train.stage1_steps + [2] * cfg.train.stage2_steps
         self.version = 0
@@ -130,6 +140,7 @@ class Trainer:
         # Padding is masked by attention_mask; the id only fills the tensor.
         self.pad_id = int(load_tokenizer(model_path).pad_token_id)
         checkpoint = latest_checkpoint(self.output_dir) if resume else None
+        self.offline = self._load_offline_pool() if resume else None
         if checkpoint is not None:
             self.restore(checkpoint)
         # A resumed run drops the records written after its checkpoint, or all of them
@@ -142,6 +153,8 @@ class Trainer:
         save_config(cfg, self.output_dir / "config.yaml")
         if self.global_step == 0:
             self.evaluate(tag="base")
+        if self.offline is None and cfg.train.offline_attempt1_fraction > 0:
+            self.offline = self._sample_offline_pool()
         bar = tqdm(
             total=len(self.schedule),
             initial=self.global_step,
@@ -216,6 +229,7 @@ class Trainer:
             "stage": self.schedule[self.global_step - 1] if self.global_step else 0,
             "weight_version": self.version,
             "sampler": self.sampler.state(),
+            "offline_pool": self.offline.state() if self.offline else None,
             "torch_rng": torch.get_rng_state().tolist(),
         }
 
@@ -234,6 +248,8 @@ class Trainer:
         self.actors.learner.load_checkpoint(str(checkpoint / "learner"))
         self.global_step = state["global_step"]
         self.sampler.load_state(state["sampler"])
+        if self.offline is not None and state.get("offline_pool"):
+            self.offline.load_state(state["offline_pool"])
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         # Rollout workers only accept newer versions; if they already ran weights
         # newer than the checkpoint (learner failure), continue above those.
@@ -267,6 +283,48 @@ class Trainer:
         self.metrics.close()
         self.metrics = MetricsLogger(self.output_dir, resume_step=self.global_step, cfg=self.cfg)
 
+    def _load_offline_pool(self) -> OfflinePool | None:
+        """The run's offline first-attempt pool if it was already sampled (resume)."""
+        path = self.output_dir / POOL_FILE
+        if self.cfg.train.offline_attempt1_fraction <= 0 or not path.is_file():
+            return None
+        train = {problem.uid: problem for problem in self.train_problems}
+        return OfflinePool.load(path, train, self.cfg.train.seed)
+
+    def _sample_offline_pool(self) -> OfflinePool:
+        """Sample the pool from the current weights, which are the base model's (before step 1)."""
+        cfg = self.cfg
+        if self.version != 0:
+            raise RuntimeError("the offline pool must be sampled from the base model (version 0)")
+        problems = pool_problems(self.train_problems, cfg.train.offline_pool_size, cfg.train.seed)
+        started = time.perf_counter()
+        attempts = self.actors.rollout.sample_first_attempts(
+            problems, cfg.train.samples_per_prompt, seed=cfg.train.seed * 1_000_003 - 1
+        )
+        pool = OfflinePool(problems, attempts, cfg.train.seed)
+        pool.save(self.output_dir / POOL_FILE)
+        tqdm.write(
+            f"offline pool: {len(problems)} problems x {cfg.train.samples_per_prompt} base-model "
+            f"first attempts in {time.perf_counter() - started:.0f} s -> {POOL_FILE}"
+        )
+        return pool
+
+    def next_problems(self) -> tuple[list[Problem], list[list[Attempt] | None]]:
+        """This step's prompts and, per prompt, its given first attempts (offline pool) or None
+        (sampled from the current policy). The offline prompts come last."""
+        cfg = self.cfg
+        total = cfg.train.prompts_per_step
+        offline = offline_prompts_per_step(total, cfg.train.offline_attempt1_fraction)
+        if self.offline is None:
+            offline = 0
+        problems = self.sampler.next_batch(total - offline)
+        given: list[list[Attempt] | None] = [None] * len(problems)
+        if offline:
+            pool_batch, attempts = self.offline.next_batch(offline)
+            problems += pool_batch
+            given += attempts
+        return problems, given
+
     def step(self, stage: int) -> dict:
         """One SCoRe update."""
         cfg = self.cfg
@@ -275,24 +333,36 @@ class Trainer:
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
-        # generate and verify: S two-attempt traces per prompt, a binary reward per attempt
-        problems = self.sampler.next_batch(cfg.train.prompts_per_step)
-        traces, r1, r2, verify_stats = self.generate_and_verify(problems, seed, timings)
+        # generate and verify: S first attempts per prompt (sampled now, or from the offline
+        # pool), M second attempts per first attempt, a binary reward per attempt
+        problems, first_attempts = self.next_problems()
+        traces, r1, r2, verify_stats = self.generate_and_verify(
+            problems, first_attempts, seed, timings
+        )
 
-        # rewards and advantages (Stage I / II rewards, RLOO per prompt)
+        # rewards and advantages (Stage I / II rewards, credit across attempts, RLOO)
         reward1, reward2 = attempt_rewards(
             stage, r1, r2, cfg.algo.alpha, cfg.algo.stage1_train_attempt1, cfg.algo.single_turn
         )
-        groups = (cfg.train.prompts_per_step, cfg.train.samples_per_prompt)
-        advantage1 = rloo_advantages(reward1.view(groups)).flatten()
-        advantage2 = rloo_advantages(reward2.view(groups)).flatten()
+        offline = torch.tensor([t.attempt1_offline for t in traces])
+        advantage1, advantage2, weight1 = trace_advantages(
+            reward1,
+            reward2,
+            cfg.train.samples_per_prompt,
+            cfg.rollout.attempt2_samples,
+            cfg.algo.credit,
+            cfg.algo.gamma,
+            offline,
+        )
 
         # learn: one policy-gradient step on the learner group
         with _timed(timings, "time/learn"):
             if cfg.rollout.colocate_with_learner:
                 self.actors.rollout.sleep()  # vLLM gives the shared GPUs to the learner
             batch = collate_traces(traces, self.pad_id)
-            learn_stats = self.actors.learner.train_step(batch, advantage1, advantage2, stage)
+            learn_stats = self.actors.learner.train_step(
+                batch, advantage1, advantage2, stage, weight1
+            )
 
         # sync weights: learner -> every rollout worker
         with _timed(timings, "time/sync"):
@@ -303,6 +373,7 @@ class Trainer:
 
         # log
         timings["time/step"] = time.perf_counter() - started
+        on_policy1 = weight1 > 0
         record = {
             "stage": stage,
             "step": self.global_step,
@@ -312,16 +383,15 @@ class Trainer:
             "reward/attempt2": reward2.mean().item(),
             "acc/t1": r1.mean().item(),
             "acc/t2": r2.mean().item(),
-            **{
-                f"train/{key}": value
-                for key, value in self_correction_metrics(r1.tolist(), r2.tolist()).items()
-                if key in ("delta_i2c", "delta_c2i")
-            },
+            **self.signal_metrics(traces, r1, r2),
             # Share of traces that carry a policy-gradient signal: RLOO gives 0 to every
             # sample of a group whose rewards are all equal (why a step can have no gradient).
-            "signal/attempt1": (advantage1 != 0).float().mean().item(),
+            "signal/attempt1": (advantage1[on_policy1] != 0).float().mean().nan_to_num().item(),
             "signal/attempt2": (advantage2 != 0).float().mean().item(),
+            "signal/offline_traces": offline.float().mean().item(),
             "tokens/generated": sum(t.num_generated for t in traces),
+            "truncated/attempt1": sum(t.attempt1_truncated for t in traces) / len(traces),
+            "truncated/attempt2": sum(t.attempt2_truncated for t in traces) / len(traces),
             "sync/bytes": handle.num_bytes,
             **learn_stats,
             **verify_stats.as_metrics(),
@@ -333,34 +403,55 @@ class Trainer:
         self.metrics.log(record, self.global_step)
         return record
 
+    def signal_metrics(
+        self, traces: list[Trace], r1: torch.Tensor, r2: torch.Tensor
+    ) -> dict[str, float]:
+        """Fixes, breaks and changed answers among this step's traces (`score_ray.transitions`):
+        what Stage I and the Stage II bonus have to reinforce."""
+        fmt = self.cfg.prompts.answer_format
+        counts = transition_counts(r1.tolist(), r2.tolist())
+        changes = answer_change_metrics(
+            [extract_answer(t.attempt1_text, fmt) for t in traces],
+            [extract_answer(t.attempt2_text, fmt) for t in traces],
+            r1.tolist(),
+        )
+        return {
+            "train/fixes": counts["fixes"],
+            "train/breaks": counts["breaks"],
+            "train/delta_i2c": counts["fixes"] / len(traces),
+            "train/delta_c2i": counts["breaks"] / len(traces),
+            **{f"signal/{name}": value for name, value in changes.items()},
+        }
+
     def generate_and_verify(
-        self, problems: list[Problem], seed: int, timings: dict[str, float]
+        self,
+        problems: list[Problem],
+        first_attempts: list[list[Attempt] | None],
+        seed: int,
+        timings: dict[str, float],
     ) -> tuple[list[Trace], torch.Tensor, torch.Tensor, VerifyStats]:
-        """Sample S traces per problem and score both attempts; returns traces, r1 [N], r2 [N].
+        """Sample S * M traces per problem and score both attempts; returns traces, r1 [N],
+        r2 [N] in the (problem, first attempt, revision) order.
 
         Streamed (`rollout.stream_verify`): each trace is submitted to the verifier pool as
         soon as its worker yields it. Timings: `time/generate` until the last trace
         arrived, `time/verify` the wait for rewards after that (what verification adds to
         the step), `time/verify_busy` the wall time verifiers were working.
         """
-        samples = self.cfg.train.samples_per_prompt
+        samples, revisions = self.cfg.train.samples_per_prompt, self.cfg.rollout.attempt2_samples
+        given = first_attempts if any(a is not None for a in first_attempts) else None
+        rollout = self.actors.rollout
         if not self.cfg.rollout.stream_verify:
             with _timed(timings, "time/generate"):
-                traces = self.actors.rollout.generate(problems, samples, greedy=False, seed=seed)
+                traces = rollout.generate(problems, samples, False, seed, revisions, given)
             with _timed(timings, "time/verify"):
                 r1, r2, stats = self.verify(traces)
             timings["time/verify_busy"] = stats.seconds
             return traces, r1, r2, stats
-        return self._stream_and_verify(problems, seed, timings)
-
-    def _stream_and_verify(
-        self, problems: list[Problem], seed: int, timings: dict[str, float]
-    ) -> tuple[list[Trace], torch.Tensor, torch.Tensor, VerifyStats]:
-        samples = self.cfg.train.samples_per_prompt
-        found: list[Trace | None] = [None] * (len(problems) * samples)
+        found: list[Trace | None] = [None] * (len(problems) * samples * revisions)
         scoring = self.actors.verifiers.start(2 * len(found))
         with _timed(timings, "time/generate"):
-            for chunk in self.actors.rollout.stream(problems, samples, greedy=False, seed=seed):
+            for chunk in rollout.stream(problems, samples, False, seed, revisions, given):
                 for index, trace in chunk:
                     found[index] = trace
                 scoring.submit(
@@ -394,9 +485,9 @@ class Trainer:
         return *_per_attempt(rewards), stats
 
     def evaluate(self, tag: str) -> dict[str, float]:
-        """Greedy two-attempt evaluation on the held-out split."""
+        """Greedy two-attempt evaluation on the dev split (the held-out split without one)."""
         cap = self.cfg.train.eval_max_problems
-        problems = self.held_out[:cap] if cap else self.held_out
+        problems = self.eval_problems[:cap] if cap else self.eval_problems
         started = time.perf_counter()
         traces = self.actors.rollout.generate(problems, 1, greedy=True, seed=0)
         r1, r2, _ = self.verify(traces)
@@ -406,6 +497,7 @@ class Trainer:
             "step": self.global_step,
             "weight_version": self.version,
             "eval/problems": len(problems),
+            "eval/split": self.eval_split,
             "time/eval": time.perf_counter() - started,
             **{f"eval/{key}": value for key, value in result.items()},
         }

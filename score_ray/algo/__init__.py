@@ -1,27 +1,37 @@
 """The SCoRe algorithm as small pure torch functions: no Ray, no I/O, no engines."""
 
-from score_ray.algo.advantages import rloo_advantages
+from score_ray.algo.advantages import rloo_advantages, two_attempt_advantages
 from score_ray.algo.losses import (
     LossTerms,
     attempt_kl_coefficients,
     kl_per_token,
+    sampling_temperatures,
     score_loss,
     token_logprobs,
 )
-from score_ray.algo.rewards import attempt_rewards, stage1_rewards, stage2_rewards
-from score_ray.algo.traces import Trace, TraceBatch, collate_traces
+from score_ray.algo.rewards import (
+    attempt_returns,
+    attempt_rewards,
+    stage1_rewards,
+    stage2_rewards,
+)
+from score_ray.algo.traces import Attempt, Trace, TraceBatch, collate_traces
 
 __all__ = [
+    "Attempt",
     "LossTerms",
     "Trace",
     "TraceBatch",
     "attempt_kl_coefficients",
+    "attempt_returns",
     "attempt_rewards",
     "collate_traces",
     "kl_per_token",
     "rloo_advantages",
+    "sampling_temperatures",
     "score_loss",
     "stage1_rewards",
     "stage2_rewards",
     "token_logprobs",
+    "two_attempt_advantages",
 ]

@@ -16,35 +16,72 @@ def token_logprobs(
     logits: torch.Tensor,  # [B, T - start, V] model outputs at positions start .. T-1
     input_ids: torch.Tensor,  # [B, T]
     start: int = 0,
+    temperature: float | torch.Tensor = 1.0,  # scalar, or [B, T]: the one token t was drawn at
 ) -> torch.Tensor:  # [B, T]; columns 0 .. start (no logits for them) are 0
-    """log pi(token_t | tokens_<t) for t > start, computed in float32 for stability.
+    """log pi_T(token_t | tokens_<t) for t > start, computed in float32 for stability.
+
+    pi_T = softmax(logits / T) is the distribution the sampler drew token t from (vLLM's
+    processed log-probs): a learner that scores sampled tokens at T = 1 when they were drawn
+    at T != 1 takes its policy gradient and KL on another distribution than the behaviour
+    policy's, i.e. off-policy with nothing correcting for it. A [B, T] `temperature` gives
+    each token its own T (attempt 1 and attempt 2 may be sampled at different ones); it is
+    indexed like `input_ids`, by the token being predicted.
 
     The logits at position p predict token p+1. A caller that only needs the log-probs
     of late tokens (the attempts, not the prompt) passes the logits from `start` on: the
     LM head's [T, V] output is the largest tensor of a small model's step.
     """
     shifted = logits[:, :-1].float()
+    if isinstance(temperature, torch.Tensor):
+        shifted = shifted / temperature[:, start + 1 :].unsqueeze(-1).float()
+    elif temperature != 1.0:
+        shifted = shifted / temperature
     targets = input_ids[:, start + 1 :].unsqueeze(-1)
     picked = shifted.gather(-1, targets).squeeze(-1) - torch.logsumexp(shifted, dim=-1)
     return torch.nn.functional.pad(picked, (start + 1, 0), value=0.0)
 
 
-def kl_per_token(
-    logprobs: torch.Tensor,  # [B, T] current policy
-    ref_logprobs: torch.Tensor,  # [B, T] frozen reference policy
-    estimator: str = "k3",
+def sampling_temperatures(
+    attempt1_mask: torch.Tensor,  # [B, T] 1 on attempt-1 tokens
+    attempt2_mask: torch.Tensor,  # [B, T] 1 on attempt-2 tokens
+    temperature1: float,
+    temperature2: float,
 ) -> torch.Tensor:  # [B, T]
-    """Per-token estimate of KL(pi || pi_ref) on tokens sampled from pi (Schulman, 2020).
+    """The temperature each token was sampled at: temperature1 on attempt 1, temperature2 on
+    attempt 2, 1 elsewhere (prompt and bridge tokens are not sampled and carry no loss)."""
+    return 1.0 + (temperature1 - 1.0) * attempt1_mask + (temperature2 - 1.0) * attempt2_mask
 
-    k1 = log pi - log pi_ref (unbiased, can be negative);
-    k3 = exp(d) - d - 1 with d = log pi_ref - log pi (unbiased, always >= 0).
+
+KL_ESTIMATORS = ("k2", "k3")
+"""Estimators usable as a loss. k1 is not: its expected gradient is zero."""
+
+
+def kl_per_token(
+    logprobs: torch.Tensor,  # [B, T] current policy (at the sampling temperature)
+    ref_logprobs: torch.Tensor,  # [B, T] frozen reference policy (same temperature)
+    estimator: str = "k2",
+) -> torch.Tensor:  # [B, T]
+    """Per-token KL estimate on tokens y ~ pi (Schulman, 2020), with d = log pi - log pi_ref.
+
+    Used as a loss, what matters is the expected gradient, E_pi[grad k(y)]:
+    k1 = d: unbiased for the value KL(pi || pi_ref), but E_pi[grad d] = E_pi[grad log pi]
+         = 0: as a loss it pulls nothing back. Value only (logging); `score_loss` rejects it.
+    k2 = d^2 / 2: E_pi[d grad log pi] = grad KL(pi || pi_ref), the KL of the paper's
+         objective (exact for each position's next-token distribution; like every token-
+         level KL loss it ignores how a token shifts the KL of later positions).
+    k3 = exp(-d) + d - 1: unbiased and >= 0 as a value of KL(pi || pi_ref), but
+         E_pi[(1 - pi_ref / pi) grad log pi] = -sum_y pi_ref(y) grad log pi(y)
+         = grad KL(pi_ref || pi): the reverse KL, which agrees with the forward one only to
+         first order near pi_ref.
     """
+    delta = logprobs - ref_logprobs
     if estimator == "k1":
-        return logprobs - ref_logprobs
+        return delta
+    if estimator == "k2":
+        return 0.5 * delta.square()
     if estimator == "k3":
-        delta = ref_logprobs - logprobs
-        return torch.exp(delta) - delta - 1.0
-    raise ValueError(f"unknown KL estimator {estimator!r} (expected 'k1' or 'k3')")
+        return torch.exp(-delta) + delta - 1.0
+    raise ValueError(f"algo.kl_estimator: unknown KL estimator {estimator!r} (k1, k2 or k3)")
 
 
 def attempt_kl_coefficients(
@@ -88,32 +125,46 @@ def score_loss(
     kl_coef1: float,
     kl_coef2: float,
     token_normalizer: float,
-    kl_estimator: str = "k3",
+    kl_estimator: str = "k2",
+    attempt1_weight: torch.Tensor | None = None,  # [B] weight of attempt 1's terms (default 1)
 ) -> LossTerms:
     """REINFORCE with a per-attempt KL penalty (paper Eqs. 3 and 4).
 
-    For each trace b:
-        loss_b = sum_k sum_{t in attempt k} ( -A_k[b] * log pi(t) + beta_k * KL_t ) / N
+    For each trace b, with w_b = attempt1_weight[b]:
+        loss_b = ( w_b sum_{t in y1} (-A_1[b] log pi(t) + beta_1 KL_t)
+                     + sum_{t in y2} (-A_2[b] log pi(t) + beta_2 KL_t) ) / N
     and the loss is the mean over traces. Summing over tokens keeps the exact
     sequence-level REINFORCE gradient (grad log pi(y) = sum_t grad log pi(y_t));
     the constant N (the per-attempt token budget) only sets its scale, without
     the length bias of a per-sequence mean. A mean over traces makes equal
     shards on several data-parallel ranks average to the same gradient.
+
+    w_b = 1 / M when one first attempt is continued by M second attempts (it appears in M
+    traces and must count once), and 0 for a first attempt that the policy did not sample
+    (offline first attempts: no policy-gradient and no KL term on tokens from another policy).
     """
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(
+            f"algo.kl_estimator: {kl_estimator!r} cannot be a loss (expected one of "
+            f"{list(KL_ESTIMATORS)}; k1's expected gradient is zero)"
+        )
+    if attempt1_weight is None:
+        attempt1_weight = torch.ones_like(advantage1)
     kl = kl_per_token(logprobs, ref_logprobs, kl_estimator)
     pg1 = -(advantage1.unsqueeze(-1) * logprobs * attempt1_mask).sum(-1)
     pg2 = -(advantage2.unsqueeze(-1) * logprobs * attempt2_mask).sum(-1)
     kl1 = (kl * attempt1_mask).sum(-1)
     kl2 = (kl * attempt2_mask).sum(-1)
-    pg_per_trace = (pg1 + pg2) / token_normalizer
-    kl_per_trace = (kl_coef1 * kl1 + kl_coef2 * kl2) / token_normalizer
+    pg_per_trace = (attempt1_weight * pg1 + pg2) / token_normalizer
+    kl_per_trace = (attempt1_weight * kl_coef1 * kl1 + kl_coef2 * kl2) / token_normalizer
     loss = (pg_per_trace + kl_per_trace).mean()
+    counted1 = attempt1_weight > 0  # the KL means cover the attempts that carry a loss
     return LossTerms(
         loss=loss,
         pg_loss=pg_per_trace.mean().item(),
         kl_loss=kl_per_trace.mean().item(),
-        kl1_sum=kl1.sum().item(),
-        kl1_tokens=attempt1_mask.sum().item(),
+        kl1_sum=kl1[counted1].sum().item(),
+        kl1_tokens=attempt1_mask[counted1].sum().item(),
         kl2_sum=kl2.sum().item(),
         kl2_tokens=attempt2_mask.sum().item(),
     )

@@ -19,6 +19,30 @@ import torch
 
 
 @dataclass
+class Attempt:
+    """One generated attempt, as the rollout engine returned it."""
+
+    ids: list[int]
+    logprobs: list[float]
+    """Log-prob of each token under the distribution it was sampled from (at its temperature)."""
+    text: str
+    truncated: bool = False
+    """Generation stopped at the token budget (rollout.max_new_tokens), not at end of turn."""
+
+    def to_json(self) -> dict:
+        return {
+            "ids": self.ids,
+            "logprobs": self.logprobs,
+            "text": self.text,
+            "truncated": self.truncated,
+        }
+
+    @classmethod
+    def from_json(cls, row: dict) -> Attempt:
+        return cls(list(row["ids"]), list(row["logprobs"]), row["text"], bool(row["truncated"]))
+
+
+@dataclass
 class Trace:
     """One two-attempt rollout, as produced by a RolloutWorker."""
 
@@ -33,7 +57,13 @@ class Trace:
     """Sampling log-probs of attempt-1 tokens under the rollout engine."""
     attempt2_logprobs: list[float] = field(default_factory=list)
     weight_version: int = 0
-    """Version of the policy weights that generated this trace."""
+    """Version of the policy weights that generated this trace (its attempt 2, and its
+    attempt 1 unless `attempt1_offline`)."""
+    attempt1_truncated: bool = False
+    """Attempt 1 stopped at the token budget."""
+    attempt2_truncated: bool = False
+    attempt1_offline: bool = False
+    """Attempt 1 came from the offline pool (base model), not from the current policy."""
 
     @property
     def token_ids(self) -> list[int]:

@@ -25,6 +25,7 @@ import torch
 from score_ray.algo import (
     TraceBatch,
     attempt_kl_coefficients,
+    sampling_temperatures,
     score_loss,
     token_logprobs,
 )
@@ -52,11 +53,12 @@ class LearnerShard:
     batch: TraceBatch
     advantage1: torch.Tensor  # [B] per-trace advantage of attempt 1
     advantage2: torch.Tensor  # [B] per-trace advantage of attempt 2
+    attempt1_weight: torch.Tensor  # [B] weight of attempt 1's loss terms (score_loss)
 
 
 def deepspeed_config(cfg: Config, on_gpu: bool) -> dict[str, Any]:
     learner = cfg.learner
-    local_batch = cfg.train.traces_per_step // learner.world_size
+    local_batch = cfg.traces_per_step // learner.world_size
     zero: dict[str, Any] = {"stage": learner.zero_stage}
     if not on_gpu:
         # gloo has no reduce_scatter; all-reduce gives the same averaged gradient.
@@ -66,7 +68,10 @@ def deepspeed_config(cfg: Config, on_gpu: bool) -> dict[str, Any]:
         "gradient_accumulation_steps": local_batch // learner.micro_batch_size,
         "gradient_clipping": learner.grad_clip,
         "zero_optimization": zero,
+        # Low-precision weights train only in DeepSpeed's mixed-precision modes, which keep
+        # fp32 master weights and optimizer state (config validation rejects them on CPU).
         "bf16": {"enabled": on_gpu and cfg.model.dtype == "bfloat16"},
+        "fp16": {"enabled": on_gpu and cfg.model.dtype == "float16", "initial_scale_power": 16},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -136,6 +141,15 @@ class Learner:
             port = sock.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
+    def _temperatures(self, batch: TraceBatch) -> torch.Tensor:
+        """[B, T] the temperature each attempt token was sampled at (rollout config)."""
+        return sampling_temperatures(
+            batch.attempt1_mask,
+            batch.attempt2_mask,
+            self.cfg.rollout.temperature,
+            self.cfg.attempt2_temperature,
+        )
+
     def train_step(self, shard: LearnerShard, stage: int) -> dict[str, float]:
         """One optimizer step: micro-batches with gradient accumulation, then step."""
         cfg = self.cfg
@@ -154,9 +168,10 @@ class Learner:
         for start in range(0, len(shard.batch), micro):
             piece = _trim_padding(shard.batch.slice(start, start + micro))
             piece = _to_device(piece, self.engine.device)
-            logprobs = self._logprobs(self.engine, piece, share)
+            temperatures = self._temperatures(piece)
+            logprobs = self._logprobs(self.engine, piece, share, temperatures)
             with torch.no_grad():
-                ref_logprobs = self._logprobs(self.reference, piece, share)
+                ref_logprobs = self._logprobs(self.reference, piece, share, temperatures)
             terms = score_loss(
                 logprobs,
                 ref_logprobs,
@@ -168,6 +183,7 @@ class Learner:
                 kl_coef2,
                 token_normalizer=float(cfg.rollout.max_new_tokens),
                 kl_estimator=cfg.algo.kl_estimator,
+                attempt1_weight=shard.attempt1_weight[start : start + micro].to(self.engine.device),
             )
             self.engine.backward(terms.loss)
             self.engine.step()
@@ -181,8 +197,14 @@ class Learner:
         return totals
 
     @staticmethod
-    def _logprobs(model: Any, batch: TraceBatch, share_prefix: bool = True) -> torch.Tensor:
-        """[B, T] log-probs, exact on every attempt token (0 on the shared prompt).
+    def _logprobs(
+        model: Any,
+        batch: TraceBatch,
+        share_prefix: bool = True,
+        temperature: float | torch.Tensor = 1.0,  # scalar or [B, T] (token_logprobs)
+    ) -> torch.Tensor:
+        """[B, T] log-probs at the sampling temperature, exact on every attempt token (0 on the
+        shared prompt).
 
         Logits are computed only from the position before the first attempt token on
         (`logits_to_keep`): the prompt's tokens carry no loss, and skipping their [T, V]
@@ -212,7 +234,22 @@ class Learner:
             past_key_values=cache,
             logits_to_keep=keep,
         ).logits
-        return token_logprobs(logits, ids, start)
+        return token_logprobs(logits, ids, start, temperature)
+
+    @torch.no_grad()
+    def attempt_logprobs(self, batch: TraceBatch) -> list[tuple[list[float], list[float]]]:
+        """Per trace, the current policy's log-probs of attempt 1's and attempt 2's tokens at
+        their sampling temperatures, computed as `train_step` computes them (what the rollout's
+        sampling log-probs must match after a sync)."""
+        self.engine.eval()
+        share = self.cfg.learner.share_prompt_prefix
+        batch = _to_device(_trim_padding(batch), self.engine.device)
+        logprobs = self._logprobs(self.engine, batch, share, self._temperatures(batch)).cpu()
+        masks = (batch.attempt1_mask.bool().cpu(), batch.attempt2_mask.bool().cpu())
+        return [
+            (logprobs[row][masks[0][row]].tolist(), logprobs[row][masks[1][row]].tolist())
+            for row in range(len(batch))
+        ]
 
     @torch.no_grad()
     def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:

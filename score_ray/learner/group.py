@@ -51,16 +51,24 @@ class LearnerGroup:
             raise LearnerFailure(f"a learner rank died: {err}") from err
 
     def train_step(
-        self, batch: TraceBatch, advantage1: torch.Tensor, advantage2: torch.Tensor, stage: int
+        self,
+        batch: TraceBatch,
+        advantage1: torch.Tensor,  # [B]
+        advantage2: torch.Tensor,  # [B]
+        stage: int,
+        attempt1_weight: torch.Tensor | None = None,  # [B] (score_loss); None: all 1
     ) -> dict[str, float]:
         """Split the batch into equal contiguous shards, one per rank, and update."""
         world = len(self.ranks)
         size = len(batch) // world
+        if attempt1_weight is None:
+            attempt1_weight = torch.ones_like(advantage1)
         shards = [
             LearnerShard(
                 batch.slice(r * size, (r + 1) * size),
                 advantage1[r * size : (r + 1) * size],
                 advantage2[r * size : (r + 1) * size],
+                attempt1_weight[r * size : (r + 1) * size],
             )
             for r in range(world)
         ]
@@ -75,6 +83,10 @@ class LearnerGroup:
 
     def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:
         return self._get([r.sequence_logprobs.remote(token_id_lists) for r in self.ranks])[0]
+
+    def attempt_logprobs(self, batch: TraceBatch) -> list[tuple[list[float], list[float]]]:
+        """Rank 0's per-trace attempt log-probs at the sampling temperatures."""
+        return self._get(self.ranks[0].attempt_logprobs.remote(batch))
 
     def send_weights(self, version: int) -> WeightHandle:
         return self._get([r.send_weights.remote(version) for r in self.ranks])[0]

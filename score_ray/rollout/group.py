@@ -16,7 +16,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from score_ray.algo.traces import Trace
+from score_ray.algo.traces import Attempt, Trace
 from score_ray.config import Config
 from score_ray.placement import Placement
 from score_ray.rollout.worker import RolloutWorker, rollout_env
@@ -44,17 +44,43 @@ class RolloutGroup:
         ray.get([w.ready.remote() for w in self.workers])
 
     def generate(
-        self, problems: list[Problem], samples_per_prompt: int, greedy: bool, seed: int
+        self,
+        problems: list[Problem],
+        samples_per_prompt: int,
+        greedy: bool,
+        seed: int,
+        attempt2_samples: int = 1,
+        first_attempts: list[list[Attempt] | None] | None = None,
     ) -> list[Trace]:
-        """Traces for all problems, S per problem, in problem order."""
+        """Traces for all problems, S * M per problem, in problem order (see
+        RolloutWorker.generate_stream for the layout and `first_attempts`)."""
         chunks = _split(problems, len(self.workers))
+        given = _split_like(first_attempts, chunks)
         results = self._on_each(
             lambda index, worker: worker.generate.remote(
-                chunks[index], samples_per_prompt, greedy, seed + index
+                chunks[index],
+                samples_per_prompt,
+                greedy,
+                seed + index,
+                attempt2_samples,
+                given[index],
             ),
             only=[i for i, chunk in enumerate(chunks) if chunk],
         )
         return [trace for traces in results for trace in traces]
+
+    def sample_first_attempts(
+        self, problems: list[Problem], samples_per_prompt: int, seed: int
+    ) -> list[list[Attempt]]:
+        """S sampled first attempts per problem, in problem order (the offline pool)."""
+        chunks = _split(problems, len(self.workers))
+        results = self._on_each(
+            lambda index, worker: worker.sample_first_attempts.remote(
+                chunks[index], samples_per_prompt, seed + index
+            ),
+            only=[i for i, chunk in enumerate(chunks) if chunk],
+        )
+        return [attempts for part in results for attempts in part]
 
     def stream(
         self,
@@ -62,6 +88,8 @@ class RolloutGroup:
         samples_per_prompt: int,
         greedy: bool,
         seed: int,
+        attempt2_samples: int = 1,
+        first_attempts: list[list[Attempt] | None] | None = None,
         idle_s: float = 0.05,
     ) -> Iterator[list[tuple[int, Trace]]]:
         """The traces of `generate` as they finish, as lists of (index in `generate`'s
@@ -73,14 +101,20 @@ class RolloutGroup:
         already yielded are kept and not yielded again.
         """
         chunks = _split(problems, len(self.workers))
+        given = _split_like(first_attempts, chunks)
         offsets = [0]
         for chunk in chunks[:-1]:
-            offsets.append(offsets[-1] + len(chunk) * samples_per_prompt)
+            offsets.append(offsets[-1] + len(chunk) * samples_per_prompt * attempt2_samples)
 
         def start(index: int) -> Any:
             worker = self.workers[index]
             return worker.generate_stream.options(num_returns="streaming").remote(
-                chunks[index], samples_per_prompt, greedy, seed + index
+                chunks[index],
+                samples_per_prompt,
+                greedy,
+                seed + index,
+                attempt2_samples,
+                given[index],
             )
 
         streams = {start(i): i for i, chunk in enumerate(chunks) if chunk}
@@ -187,6 +221,18 @@ class RolloutGroup:
     def shutdown(self) -> None:
         for worker in self.workers:
             ray.kill(worker)
+
+
+def _split_like(items: list | None, chunks: list[list]) -> list[list | None]:
+    """`items` (aligned with the concatenated `chunks`) cut into the same pieces; None stays
+    None for every piece."""
+    if items is None:
+        return [None] * len(chunks)
+    pieces, start = [], 0
+    for chunk in chunks:
+        pieces.append(items[start : start + len(chunk)])
+        start += len(chunk)
+    return pieces
 
 
 def _split(items: list, parts: int) -> list[list]:

@@ -1,9 +1,10 @@
 """RolloutWorker: a vLLM engine that produces two-attempt self-correction traces.
 
 API (all the driver needs):
-    generate(problems, samples_per_prompt, greedy, seed) -> list[Trace]
-    generate_stream(problems, samples_per_prompt, greedy, seed)
-                                  -> yields list[(index, Trace)] (a Ray streaming generator)
+    generate(problems, samples_per_prompt, greedy, seed, attempt2_samples, first_attempts)
+                                                         -> list[Trace]
+    generate_stream(same arguments)  -> yields list[(index, Trace)] (a Ray streaming generator)
+    sample_first_attempts(problems, samples_per_prompt, seed) -> list[list[Attempt]]
     sequence_logprobs(token_id_lists)                    -> list[list[float]]
     update_weights(handle)                               -> int (new version)
     weight_version()                                     -> int
@@ -11,13 +12,11 @@ API (all the driver needs):
     sleep() / wake_up()                                  colocated: free the GPU for the learner
     continue_attempt(prompt_ids, greedy, seed)           -> list[(ids, text)] (K-attempt eval)
 
-`generate` runs all first attempts in one batch, then every second-attempt
-prompt (x1 + y1 + bridge, spliced as token ids) in a second batch.
-`generate_stream` drives the engine step by step instead: each sample is its
-own request, its attempt 2 joins the running batch as soon as its attempt 1
-finishes (continuous batching; x1 + y1 is still in the prefix cache), and
-finished traces are yielded at once, so the driver can score them while the
-engine goes on. Both use the same per-request seeds. Every
+`generate_stream` drives the engine step by step: each sample is its own
+request, its second attempts (x1 + y1 + bridge, spliced as token ids) join the
+running batch as soon as its attempt 1 finishes (continuous batching; x1 + y1
+is still in the prefix cache), and finished traces are yielded at once, so the
+driver can score them while the engine goes on; `generate` collects them. Every
 trace is tagged with the weight version that produced it; `update_weights`
 only accepts a version newer than the one it holds, so a rollout worker can
 never silently go back to stale weights or apply a duplicate. (Versions
@@ -31,7 +30,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from score_ray.algo.traces import Trace
+from score_ray.algo.traces import Attempt, Trace
 from score_ray.config import Config
 from score_ray.placement import torch_threads
 from score_ray.prompts import PromptBuilder
@@ -81,6 +80,9 @@ def engine_kwargs(cfg: Config, model_path: str, worker_index: int) -> dict[str, 
         tensor_parallel_size=cfg.rollout.tensor_parallel_size,
         worker_extension_cls="score_ray.rollout.vllm_extension.WeightReceiverExtension",
         enable_prefix_caching=True,
+        # Sampled tokens' log-probs under the distribution they were drawn from (logits / T),
+        # which the learner reproduces; vLLM's default is the raw (T = 1) log-probs.
+        logprobs_mode="processed_logprobs",
     )
     if cfg.rollout.block_size:
         kwargs["block_size"] = cfg.rollout.block_size
@@ -131,73 +133,107 @@ class RolloutWorker:
         return self._version
 
     def generate(
-        self, problems: list[Problem], samples_per_prompt: int, greedy: bool, seed: int
+        self,
+        problems: list[Problem],
+        samples_per_prompt: int,
+        greedy: bool,
+        seed: int,
+        attempt2_samples: int = 1,
+        first_attempts: list[list[Attempt] | None] | None = None,
     ) -> list[Trace]:
-        """Two attempts for each (problem, sample): S traces per problem, grouped by problem."""
-        first_prompts = [self.prompts.first_prompt_ids(p.question) for p in problems]
-        seeds1 = [request_seed(seed, 1, i, samples_per_prompt) for i in range(len(problems))]
-        first = self._sample(first_prompts, samples_per_prompt, greedy, seeds1, "attempt1")
-        second_prompts, rows = [], []
-        for problem, prompt_ids, outputs in zip(problems, first_prompts, first, strict=True):
-            for ids, logprobs, text in outputs:
-                bridge = self.prompts.bridge_ids(ids)
-                second_prompts.append(prompt_ids + ids + bridge)
-                rows.append((problem, prompt_ids, ids, logprobs, text, bridge))
-        seeds2 = [request_seed(seed, 2, i) for i in range(len(second_prompts))]
-        second = self._sample(second_prompts, 1, greedy, seeds2, "attempt2")
-        return [
-            self._trace(problem, prompt_ids, (ids1, lp1, text1), bridge, outputs[0])
-            for (problem, prompt_ids, ids1, lp1, text1, bridge), outputs in zip(
-                rows, second, strict=True
-            )
-        ]
+        """All traces of `generate_stream`, in index order: S * M per problem, grouped by
+        problem, then by first attempt."""
+        found: dict[int, Trace] = {}
+        stream = self.generate_stream(
+            problems, samples_per_prompt, greedy, seed, attempt2_samples, first_attempts
+        )
+        for finished in stream:
+            found.update(finished)
+        return [found[index] for index in range(len(found))]
+
+    def sample_first_attempts(
+        self, problems: list[Problem], samples_per_prompt: int, seed: int
+    ) -> list[list[Attempt]]:
+        """S sampled first attempts per problem (at the attempt-1 temperature), no attempt 2:
+        the offline first-attempt pool is drawn with this from the base model."""
+        prompts = [self.prompts.first_prompt_ids(p.question) for p in problems]
+        seeds = [request_seed(seed, 1, i, samples_per_prompt) for i in range(len(problems))]
+        return self._sample(prompts, samples_per_prompt, False, seeds, "attempt1")
 
     def generate_stream(
-        self, problems: list[Problem], samples_per_prompt: int, greedy: bool, seed: int
+        self,
+        problems: list[Problem],
+        samples_per_prompt: int,
+        greedy: bool,
+        seed: int,
+        attempt2_samples: int = 1,
+        first_attempts: list[list[Attempt] | None] | None = None,
     ) -> Iterator[list[tuple[int, Trace]]]:
-        """The traces of `generate`, yielded as they finish: lists of (index, trace), where
-        index = problem * S + sample is the trace's place in `generate`'s output.
+        """Two-attempt traces, yielded as they finish: lists of (index, trace), where
+        index = (problem * S + sample) * M + revision, with S = samples_per_prompt first
+        attempts per problem and M = attempt2_samples second attempts per first attempt.
 
-        Call it as a Ray streaming generator (`.options(num_returns="streaming")`). Seeds
-        match `generate` (`request_seed`): sample j of problem p starts from problem p's
-        attempt-1 seed + j (as vLLM's n > 1 fan-out does), attempt 2 of trace i from its
-        own. The engine is stepped in this process, so the batch composition, and with it
-        the output, does not depend on timing.
+        `first_attempts[p]`, when given and not None, holds problem p's S first attempts
+        (offline ones, sampled earlier): only their second attempts are generated.
+
+        Call it as a Ray streaming generator (`.options(num_returns="streaming")`). Seeds:
+        sample j of problem p starts from problem p's attempt-1 seed + j (as vLLM's n > 1
+        fan-out does), attempt 2 of trace i from its own. The engine is stepped in this
+        process, so the batch composition, and with it the output, does not depend on timing.
         """
         engine = self.llm.llm_engine
         call = next(self._calls)
         first_prompts = [self.prompts.first_prompt_ids(p.question) for p in problems]
-        pending: dict[str, int] = {}  # request id -> trace index
-        attempt1: dict[int, tuple[tuple[list[int], list[float], str], list[int]]] = {}
-        for index in range(len(problems) * samples_per_prompt):
-            problem, sample = divmod(index, samples_per_prompt)
-            request_id = f"score-ray-{call}-a1-{index}"
+        revisions = attempt2_samples
+        pending: dict[str, tuple[int, int]] = {}  # request id -> (first index, revision or -1)
+        attempt1: dict[int, tuple[Attempt, list[int]]] = {}  # first index -> (y1, bridge)
+        done_revisions: dict[int, int] = {}
+
+        def queue_revisions(first_index: int, first: Attempt) -> None:
+            problem = first_index // samples_per_prompt
+            bridge = self.prompts.bridge_ids(first.ids)
+            attempt1[first_index] = (first, bridge)
+            prompt = first_prompts[problem] + first.ids + bridge
+            for revision in range(revisions):
+                index = first_index * revisions + revision
+                request_id = f"score-ray-{call}-a2-{index}"
+                self._add_request(
+                    engine, request_id, prompt, greedy, request_seed(seed, 2, index), 2
+                )
+                pending[request_id] = (first_index, revision)
+
+        for first_index in range(len(problems) * samples_per_prompt):
+            problem, sample = divmod(first_index, samples_per_prompt)
+            given = first_attempts[problem] if first_attempts else None
+            if given is not None:
+                queue_revisions(first_index, given[sample])
+                continue
+            request_id = f"score-ray-{call}-a1-{first_index}"
             first_seed = request_seed(seed, 1, problem, samples_per_prompt) + sample
-            self._add_request(engine, request_id, first_prompts[problem], greedy, first_seed)
-            pending[request_id] = index
+            self._add_request(engine, request_id, first_prompts[problem], greedy, first_seed, 1)
+            pending[request_id] = (first_index, -1)
         while engine.has_unfinished_requests():
             finished = []
             for output in engine.step():
                 if not output.finished:
                     continue
-                index = pending.pop(output.request_id)
-                problem = index // samples_per_prompt
-                prompt_ids = first_prompts[problem]
+                first_index, revision = pending.pop(output.request_id)
                 completion = _completion(output.outputs[0])
-                if index not in attempt1:  # attempt 1 done: queue attempt 2 at once
+                if revision < 0:  # attempt 1 done: queue its attempts 2 at once
                     self._count("attempt1", output)
-                    bridge = self.prompts.bridge_ids(completion[0])
-                    attempt1[index] = (completion, bridge)
-                    request_id = f"score-ray-{call}-a2-{index}"
-                    second_prompt = prompt_ids + completion[0] + bridge
-                    second_seed = request_seed(seed, 2, index)
-                    self._add_request(engine, request_id, second_prompt, greedy, second_seed)
-                    pending[request_id] = index
-                else:
-                    self._count("attempt2", output)
-                    first, bridge = attempt1.pop(index)
-                    trace = self._trace(problems[problem], prompt_ids, first, bridge, completion)
-                    finished.append((index, trace))
+                    queue_revisions(first_index, completion)
+                    continue
+                self._count("attempt2", output)
+                first, bridge = attempt1[first_index]
+                problem = first_index // samples_per_prompt
+                offline = bool(first_attempts and first_attempts[problem] is not None)
+                trace = self._trace(
+                    problems[problem], first_prompts[problem], first, bridge, completion, offline
+                )
+                finished.append((first_index * revisions + revision, trace))
+                done_revisions[first_index] = done_revisions.get(first_index, 0) + 1
+                if done_revisions[first_index] == revisions:
+                    del attempt1[first_index]
             if finished:
                 yield finished
 
@@ -213,44 +249,55 @@ class RolloutWorker:
         self,
         problem: Problem,
         prompt_ids: list[int],
-        first: tuple[list[int], list[float], str],
+        first: Attempt,
         bridge: list[int],
-        second: tuple[list[int], list[float], str],
+        second: Attempt,
+        offline: bool = False,
     ) -> Trace:
-        (ids1, lp1, text1), (ids2, lp2, text2) = first, second
         return Trace(
             problem_uid=problem.uid,
             prompt_ids=prompt_ids,
-            attempt1_ids=ids1,
+            attempt1_ids=first.ids,
             bridge_ids=bridge,
-            attempt2_ids=ids2,
-            attempt1_text=text1,
-            attempt2_text=text2,
-            attempt1_logprobs=lp1,
-            attempt2_logprobs=lp2,
+            attempt2_ids=second.ids,
+            attempt1_text=first.text,
+            attempt2_text=second.text,
+            attempt1_logprobs=first.logprobs,
+            attempt2_logprobs=second.logprobs,
             weight_version=self._version,
+            attempt1_truncated=first.truncated,
+            attempt2_truncated=second.truncated,
+            attempt1_offline=offline,
         )
 
-    def _params(self, n: int, greedy: bool, seed: int) -> Any:
+    def _params(self, n: int, greedy: bool, seed: int, attempt: int) -> Any:
         from vllm import SamplingParams
 
+        cfg = self.cfg
+        temperature = cfg.rollout.temperature if attempt == 1 else cfg.attempt2_temperature
         return SamplingParams(
             n=n,
-            temperature=0.0 if greedy else self.cfg.rollout.temperature,
-            top_p=1.0 if greedy else self.cfg.rollout.top_p,
-            max_tokens=self.cfg.rollout.max_new_tokens,
+            temperature=0.0 if greedy else temperature,
+            top_p=1.0 if greedy else cfg.rollout.top_p,
+            max_tokens=cfg.rollout.max_new_tokens,
             logprobs=0,
             seed=seed,
             stop_token_ids=sorted(self.prompts.stop_token_ids),
         )
 
     def _add_request(
-        self, engine: Any, request_id: str, prompt_ids: list[int], greedy: bool, seed: int
+        self,
+        engine: Any,
+        request_id: str,
+        prompt_ids: list[int],
+        greedy: bool,
+        seed: int,
+        attempt: int,
     ) -> None:
         from vllm import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        params = self._params(1, greedy, seed)
+        params = self._params(1, greedy, seed, attempt)
         params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate does
         engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
 
@@ -265,18 +312,19 @@ class RolloutWorker:
         n: int,
         greedy: bool,
         seeds: list[int],
-        attempt: str | None = None,
-    ) -> list[list[tuple[list[int], list[float], str]]]:
-        """For each prompt, n completions as (token ids, sampled-token log-probs, text),
-        prompt i sampled from `seeds[i]`; prefix-cache hits are counted under `attempt`."""
+        attempt: str,
+    ) -> list[list[Attempt]]:
+        """For each prompt, n completions, prompt i sampled from `seeds[i]` at the temperature
+        of `attempt` ("attempt1"; any later attempt samples at attempt 2's); prefix-cache hits
+        are counted under `attempt`."""
         from vllm import TokensPrompt
 
+        number = 1 if attempt == "attempt1" else 2
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
-        params = [self._params(n, greedy, request) for request in seeds]
+        params = [self._params(n, greedy, request, number) for request in seeds]
         results = self.llm.generate(requests, params, use_tqdm=False)
-        if attempt is not None:
-            for result in results:
-                self._count(attempt, result)
+        for result in results:
+            self._count(attempt, result)
         return [[_completion(out) for out in result.outputs] for result in results]
 
     def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:
@@ -329,7 +377,8 @@ class RolloutWorker:
         """One more attempt per token-id prompt (a conversation so far + bridge), in order,
         as (token ids, text)."""
         seeds = [request_seed(seed, 0, i) for i in range(len(prompt_ids))]
-        return [(ids, text) for ((ids, _, text),) in self._sample(prompt_ids, 1, greedy, seeds)]
+        sampled = self._sample(prompt_ids, 1, greedy, seeds, "attempt2")
+        return [(attempt.ids, attempt.text) for (attempt,) in sampled]
 
 
 def request_seed(seed: int, attempt: int, index: int, fan_out: int = 1) -> int:
@@ -344,9 +393,11 @@ def request_seed(seed: int, attempt: int, index: int, fan_out: int = 1) -> int:
     return (seed * 1_000_003 + attempt * 100_003) * 1_000_003 % 2**40 + index * fan_out
 
 
-def _completion(output: Any) -> tuple[list[int], list[float], str]:
+def _completion(output: Any) -> Attempt:
+    """One vLLM completion as an Attempt: its log-probs are the sampling distribution's
+    (`logprobs_mode="processed_logprobs"`, i.e. at the request's temperature)."""
     ids = list(output.token_ids)
     logprobs = [
         step[token].logprob for step, token in zip(output.logprobs or [], ids, strict=False)
     ]
-    return ids, logprobs, output.text
+    return Attempt(ids, logprobs, output.text, truncated=output.finish_reason == "length")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from score_ray.config import TaskConfig
 from score_ray.tasks.base import Problem
@@ -37,6 +37,8 @@ class TaskSplits:
     """Held-out evaluation problems."""
     skipped_rows: int = 0
     """Malformed input rows that were skipped (jsonl sources; 0 for generated tasks)."""
+    dev: list[Problem] = field(default_factory=list)
+    """Dev problems (`task.dev_size`), disjoint from both other splits: for choices."""
 
 
 def load_task_splits(task: TaskConfig) -> TaskSplits:
@@ -83,14 +85,22 @@ def build_splits(
     eval_size: int,
     train_size: int,
     skipped_rows: int = 0,
+    dev_size: int = 0,
 ) -> TaskSplits:
-    """Take up to `eval_size` unique eval problems, then up to `train_size` unique train
-    problems whose questions are not in eval. Candidates are consumed lazily, so a generator
-    can produce "extra" items only as long as they are needed."""
+    """Take up to `eval_size` unique eval problems, then from the training candidates up to
+    `dev_size` unique dev problems and up to `train_size` unique train problems, none of whose
+    questions is in an earlier split. Dev comes first, so it does not depend on train_size.
+    Candidates are consumed lazily, so a generator can produce "extra" items only as long as
+    they are needed."""
     eval_problems = _take_unique(eval_candidates, eval_size, exclude=set())
-    eval_keys = {normalize_question(p.question) for p in eval_problems}
-    train_problems = _take_unique(train_candidates, train_size, exclude=eval_keys)
-    return TaskSplits(train=train_problems, eval=eval_problems, skipped_rows=skipped_rows)
+    seen = {normalize_question(p.question) for p in eval_problems}
+    train_candidates = iter(train_candidates)
+    dev_problems = _take_unique(train_candidates, dev_size, exclude=seen)
+    seen |= {normalize_question(p.question) for p in dev_problems}
+    train_problems = _take_unique(train_candidates, train_size, exclude=seen)
+    return TaskSplits(
+        train=train_problems, eval=eval_problems, skipped_rows=skipped_rows, dev=dev_problems
+    )
 
 
 def _take_unique(candidates: Iterable[Problem], limit: int, exclude: set[str]) -> list[Problem]:

@@ -49,7 +49,13 @@ def load_humaneval(task: TaskConfig) -> TaskSplits:
     held_ids = {p.uid for p in held_out}
     # Training keeps the dataset's own order (HumanEval/0, /1, ...), minus held-out problems.
     rest = [p for p in problems if p.uid not in held_ids]
-    splits = build_splits(held_out, rest, eval_size=task.eval_size, train_size=task.train_size)
+    splits = build_splits(
+        held_out,
+        rest,
+        eval_size=task.eval_size,
+        train_size=task.train_size,
+        dev_size=task.dev_size,
+    )
     require_nonempty(splits.train, "task.train_size", "HumanEval has no problems left")
     return splits
 

@@ -69,6 +69,7 @@ def load_jsonl_splits(task: TaskConfig, source: str, parse_row: RowParser) -> Ta
         eval_size=task.eval_size,
         train_size=task.train_size,
         skipped_rows=skipped,
+        dev_size=task.dev_size,
     )
     require_nonempty(splits.eval, eval_key, f"{skipped} malformed rows skipped")
     require_nonempty(

@@ -49,9 +49,16 @@ def load_reasoning_gym(task: TaskConfig) -> TaskSplits:
     name = task.name
     params = dict(task.params or {})
     eval_items = _generate(name, params, task.seed, task.eval_size)
-    train_items = _generate(name, params, task.seed + TRAIN_SEED_OFFSET, task.train_size)
+    # Dev problems are the first of the training stream (build_splits), so generate both.
+    train_items = _generate(
+        name, params, task.seed + TRAIN_SEED_OFFSET, task.train_size + task.dev_size
+    )
     splits = build_splits(
-        eval_items, train_items, eval_size=task.eval_size, train_size=task.train_size
+        eval_items,
+        train_items,
+        eval_size=task.eval_size,
+        train_size=task.train_size,
+        dev_size=task.dev_size,
     )
     require_nonempty(splits.eval, "task.name", f"reasoning-gym dataset {name!r} made no problems")
     require_nonempty(
@@ -62,6 +69,7 @@ def load_reasoning_gym(task: TaskConfig) -> TaskSplits:
     )
     _warn_if_short(name, "eval", len(splits.eval), task.eval_size)
     _warn_if_short(name, "train", len(splits.train), task.train_size)
+    _warn_if_short(name, "dev", len(splits.dev), task.dev_size)
     return splits
 
 

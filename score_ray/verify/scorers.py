@@ -50,10 +50,12 @@ def extract_answer(text: str, answer_format: str) -> str | None:
     """The final answer in `text`, stripped, or None if there is none.
 
     answer_tag: the content after the LAST `<answer>` (case-insensitive), up to the next
-        `</answer>`. A final tag left unclosed at the end of the text is accepted (content runs
-        to the end): generation stopped on the stop string `</answer>` drops the closing tag.
+        `</answer>`. If that last tag is never closed there is no answer, not even an earlier
+        closed one: a completion cut off at the token budget as `<answer>1` (the model was
+        writing 12) must not earn credit for a prefix.
     boxed: the content of the last complete `\\boxed{...}` (by closing position), with braces
-        balanced; `\\{` and `\\}` are literal braces. An unclosed final `\\boxed{` is ignored.
+        balanced; `\\{` and `\\}` are literal braces. If the last `\\boxed{` is never
+        closed there is no answer (as for answer_tag).
     code: the last fenced python block (see `extract_code`), indentation kept, not stripped.
     Runs in linear time, so adversarially long completions cannot stall it.
     """
@@ -80,7 +82,8 @@ def _extract_answer_tag(text: str) -> str | None:
     if last_open is None:
         return None
     close = _CLOSE_TAG.search(text, last_open.end())
-    return text[last_open.end() : close.start() if close else len(text)]
+    # An unclosed last tag is a cut-off answer; an earlier closed one was superseded.
+    return None if close is None else text[last_open.end() : close.start()]
 
 
 def _extract_boxed(text: str) -> str | None:
@@ -88,6 +91,7 @@ def _extract_boxed(text: str) -> str | None:
     boxed_opens = {match.end() - 1 for match in _BOXED.finditer(text)}
     stack: list[tuple[int, bool]] = []
     best: tuple[int, int] | None = None  # (start, end) of the content closed last
+    closed: set[int] = set()  # positions of the `\boxed{` braces that were closed
     index, length = 0, len(text)
     while index < length:
         char = text[index]
@@ -100,8 +104,11 @@ def _extract_boxed(text: str) -> str | None:
             start, is_boxed = stack.pop()
             if is_boxed:
                 best = (start + 1, index)
+                closed.add(start)
         index += 1
-    return None if best is None else text[best[0] : best[1]]
+    if best is None or max(boxed_opens) not in closed:
+        return None  # the last \boxed{ was cut off: no credit for a prefix (see answer_tag)
+    return text[best[0] : best[1]]
 
 
 def extract_code(text: str) -> str | None:

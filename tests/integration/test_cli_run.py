@@ -141,3 +141,54 @@ def test_bad_config_fails_before_ray_with_key_named(tmp_path):
     assert proc.returncode == 2
     assert "learner.lr" in proc.stderr and "train.samples_per_prompt" in proc.stderr
     assert "Started a local Ray" not in proc.stderr
+
+
+def test_train_with_branching_offline_attempts_and_dev_split(tmp_path):
+    """The self-correction levers through the real stack: two second attempts per first
+    attempt, half of each step's prompts from the offline base-model pool, per-attempt
+    temperatures, trajectory credit, and in-training evaluations on the dev split."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "score_ray.cli",
+        "train",
+        "--config",
+        str(CONF / "tiny.yaml"),
+        f"output_dir={out}",
+        "train.stage1_steps=1",
+        "train.stage2_steps=1",
+        "rollout.attempt2_samples=2",
+        "train.offline_attempt1_fraction=0.5",
+        "train.offline_pool_size=4",
+        "rollout.temperature=1.2",
+        "rollout.attempt2_temperature=0.6",
+        "algo.credit=trajectory",
+        "algo.gamma=0.5",
+        "task.dev_size=5",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    pool = [json.loads(line) for line in (out / "offline_attempt1.jsonl").read_text().splitlines()]
+    assert len(pool) == 4 and all(len(row["attempts"]) == 2 for row in pool)  # S = 2 each
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "eval" not in r]
+    assert [r["stage"] for r in steps] == [1, 2]
+    for record in steps:
+        # 2 prompts x 2 first attempts x 2 second attempts; one prompt of two from the pool
+        assert record["signal/offline_traces"] == 0.5
+        for key in (
+            "train/fixes",
+            "train/breaks",
+            "signal/answer_changed",
+            "signal/answer_changed_wrong1",
+            "truncated/attempt1",
+            "truncated/attempt2",
+        ):
+            assert key in record, key
+    evals = [r for r in records if "eval" in r]
+    assert {e["eval/split"] for e in evals} == {"dev"} and evals[0]["eval/problems"] == 5
+    saved = (out / "config.yaml").read_text()
+    assert "credit: trajectory" in saved and "attempt2_samples: 2" in saved

@@ -4,6 +4,11 @@ After a policy update and a sync, the rollout engine's log-probs for a fixed
 sequence must match the learner's (within LOGPROB_TOL) and differ from the
 log-probs before the update. The saved final/ folder must load in vLLM with
 the trained weights.
+
+Sampling runs at T != 1, a different T per attempt: the log-probs vLLM reports for
+the tokens it sampled (its processed log-probs, at the request's temperature) must be
+what the learner's training pass computes for them, before and after the sync, so
+that the update is on-policy.
 """
 
 from __future__ import annotations
@@ -26,8 +31,22 @@ from tests.integration.conftest import max_abs_diff, tiny_config
 LOGPROB_TOL = 1e-3
 
 
+def assert_sampling_logprobs_match(learner: LearnerGroup, traces: list) -> None:
+    """The learner's per-attempt log-probs (at the sampling temperatures) are the rollout's."""
+    got = learner.attempt_logprobs(collate_traces(traces, pad_id=0))
+    sampled = [(t.attempt1_logprobs, t.attempt2_logprobs) for t in traces]
+    for (learner1, learner2), (rollout1, rollout2) in zip(got, sampled, strict=True):
+        assert len(learner1) == len(rollout1) and len(learner2) == len(rollout2)
+        assert max_abs_diff([learner1, learner2], [rollout1, rollout2]) < LOGPROB_TOL
+    # and they are not the T = 1 log-probs: the test would not notice a missing 1/T
+    plain = learner.sequence_logprobs([traces[0].token_ids])[0]
+    start = len(traces[0].prompt_ids) - 1
+    at_one = plain[start : start + len(traces[0].attempt1_ids)]
+    assert max_abs_diff([at_one], [got[0][0]]) > 10 * LOGPROB_TOL
+
+
 def test_sync_makes_rollout_match_learner(ray_local, tiny_model_path, tmp_path):
-    cfg = tiny_config(tmp_path)
+    cfg = tiny_config(tmp_path, "rollout.temperature=0.7", "rollout.attempt2_temperature=1.3")
     rollout = RolloutGroup(cfg, tiny_model_path)
     learner = LearnerGroup(cfg, tiny_model_path)
     problems = [Problem(f"p{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(2)]
@@ -39,6 +58,7 @@ def test_sync_makes_rollout_match_learner(ray_local, tiny_model_path, tmp_path):
     learner_before = learner.sequence_logprobs(probe)
     assert len(rollout_before[0]) == len(probe[0]) - 1
     assert max_abs_diff(rollout_before, learner_before) < LOGPROB_TOL
+    assert_sampling_logprobs_match(learner, traces)
 
     # One update with fixed, non-zero advantages (the tiny model never earns a reward).
     batch = collate_traces(traces, pad_id=0)
@@ -52,7 +72,9 @@ def test_sync_makes_rollout_match_learner(ray_local, tiny_model_path, tmp_path):
     learner_after = learner.sequence_logprobs(probe)
     assert max_abs_diff(rollout_after, learner_after) < LOGPROB_TOL
     assert max_abs_diff(rollout_after, rollout_before) > 10 * LOGPROB_TOL
-    assert all(t.weight_version == 1 for t in rollout.generate(problems, 2, False, 2))
+    after_sync = rollout.generate(problems, 2, False, 2)
+    assert all(t.weight_version == 1 for t in after_sync)
+    assert_sampling_logprobs_match(learner, after_sync)
 
     # A repeated or skipped version is refused.
     with pytest.raises(ray.exceptions.RayTaskError, match="StaleWeightsError"):

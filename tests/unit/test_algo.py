@@ -17,6 +17,9 @@ from score_ray.algo import (
     stage2_rewards,
     token_logprobs,
 )
+from score_ray.algo.advantages import two_attempt_advantages
+from score_ray.algo.losses import sampling_temperatures
+from score_ray.algo.rewards import attempt_returns
 
 # The four self-correction cases as (r1, r2):
 # wrong->right, right->right, right->wrong, wrong->wrong.
@@ -93,8 +96,136 @@ def test_kl_estimators_hand_values():
     assert kl_per_token(logp, ref, "k1").item() == pytest.approx(math.log(2))
     assert kl_per_token(logp, ref, "k3").item() == pytest.approx(0.5 + math.log(2) - 1)
     assert kl_per_token(ref, ref, "k3").item() == 0.0
+    # k2 = (ln 2)^2 / 2
+    assert kl_per_token(logp, ref, "k2").item() == pytest.approx(0.5 * math.log(2) ** 2)
     with pytest.raises(ValueError, match="estimator"):
-        kl_per_token(logp, ref, "k2")
+        kl_per_token(logp, ref, "k4")
+
+
+def _expected_kl_gradient(estimator: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """E_{y ~ pi}[grad_theta k(y)] by enumerating a 3-token vocabulary (exact, no sampling),
+    with grad KL(pi || ref) and grad KL(ref || pi) from their closed forms."""
+    theta = torch.tensor([0.3, -0.2, 0.9], requires_grad=True)
+    ref_logp = torch.log_softmax(torch.tensor([0.0, 0.5, -0.4]), -1)
+    logp = torch.log_softmax(theta, -1)
+    pi = logp.exp().detach()  # the sampling weights carry no gradient (y is a sample)
+    estimates = kl_per_token(logp, ref_logp, estimator)
+    (expected,) = torch.autograd.grad((pi * estimates).sum(), theta)
+    logp = torch.log_softmax(theta, -1)
+    forward = (logp.exp() * (logp - ref_logp)).sum()
+    (grad_forward,) = torch.autograd.grad(forward, theta)
+    reverse = (ref_logp.exp() * (ref_logp - torch.log_softmax(theta, -1))).sum()
+    (grad_reverse,) = torch.autograd.grad(reverse, theta)
+    return expected, grad_forward, grad_reverse
+
+
+def test_kl_estimators_expected_gradients():
+    # k2's expected gradient is that of KL(pi || ref), the paper's KL ...
+    expected, forward, reverse = _expected_kl_gradient("k2")
+    assert torch.allclose(expected, forward, atol=1e-6)
+    assert not torch.allclose(expected, reverse, atol=1e-3)
+    # ... k3's is that of the reverse KL(ref || pi) ...
+    expected, forward, reverse = _expected_kl_gradient("k3")
+    assert torch.allclose(expected, reverse, atol=1e-6)
+    # ... and k1's is zero: as a loss it anchors nothing.
+    expected, _, _ = _expected_kl_gradient("k1")
+    assert torch.allclose(expected, torch.zeros(3), atol=1e-6)
+
+
+def test_score_loss_rejects_k1():
+    zeros = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="k1"):
+        score_loss(zeros, zeros, zeros, zeros, torch.zeros(1), torch.zeros(1), 0.1, 0.1, 1.0, "k1")
+
+
+def test_token_logprobs_at_a_temperature():
+    # logits [0, ln 3] / T=2 = [0, ln sqrt(3)]: p = [1, sqrt 3] / (1 + sqrt 3)
+    logits = torch.tensor([[[0.0, math.log(3.0)]] * 3])
+    input_ids = torch.tensor([[0, 1, 0]])
+    got = token_logprobs(logits, input_ids, temperature=2.0)
+    norm = 1.0 + math.sqrt(3.0)
+    assert torch.allclose(
+        got, torch.tensor([[0.0, math.log(math.sqrt(3.0) / norm), math.log(1.0 / norm)]])
+    )
+    # per-token temperatures, indexed by the predicted token: T=1 for token 1, T=2 for token 2
+    per_token = torch.tensor([[9.0, 1.0, 2.0]])
+    got = token_logprobs(logits, input_ids, temperature=per_token)
+    assert torch.allclose(got, torch.tensor([[0.0, math.log(0.75), math.log(1.0 / norm)]]))
+
+
+def test_sampling_temperatures_follow_the_attempt_masks():
+    mask1 = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0]])
+    mask2 = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0]])
+    temps = sampling_temperatures(mask1, mask2, 0.7, 0.3)
+    assert torch.allclose(temps, torch.tensor([[1.0, 0.7, 0.7, 1.0, 0.3]]))
+
+
+def test_credit_example_from_the_issue():
+    # r1 = (1,0,1,0), r2 = (1,1,1,1), alpha 10: shaped r2 = (1, 11, 1, 11). Per-attempt
+    # credit pushes two right second attempts down: A2 = (-20/3, 20/3, -20/3, 20/3).
+    r1 = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    r2 = torch.ones(4)
+    reward1, reward2 = stage2_rewards(r1, r2, alpha=10.0)
+    assert reward2.tolist() == [1.0, 11.0, 1.0, 11.0]
+    return1, return2 = attempt_returns(reward1.view(1, 4), reward2.view(1, 4, 1), "per_attempt")
+    adv1, adv2 = two_attempt_advantages(return1, return2)
+    assert torch.allclose(adv2.flatten(), torch.tensor([-20.0, 20.0, -20.0, 20.0]) / 3)
+    assert torch.allclose(adv1.flatten(), torch.tensor([2.0, -2.0, 2.0, -2.0]) / 3)
+    # Trajectory credit, gamma 1: y1 returns r1 + shaped r2 = (2, 11, 2, 11); leave-one-out
+    # means (8, 5, 8, 5): A1 = (-6, 6, -6, 6): the wrong first attempts that were fixed win.
+    return1, return2 = attempt_returns(reward1.view(1, 4), reward2.view(1, 4, 1), "trajectory")
+    adv1, _ = two_attempt_advantages(return1, return2)
+    assert adv1.flatten().tolist() == [-6.0, 6.0, -6.0, 6.0]
+    # gamma 0.5: returns (1.5, 5.5, 1.5, 5.5), leave-one-out means (4.1667, 2.8333, ...)
+    return1, _ = attempt_returns(reward1.view(1, 4), reward2.view(1, 4, 1), "trajectory", 0.5)
+    assert return1.flatten().tolist() == [1.5, 5.5, 1.5, 5.5]
+    with pytest.raises(ValueError, match=r"algo\.credit"):
+        attempt_returns(reward1.view(1, 4), reward2.view(1, 4, 1), "future")
+
+
+def test_branching_baseline_is_over_siblings():
+    # One prompt, two first attempts (r1 = 1, 0), each continued by two second attempts.
+    # Shaped (alpha 10) r2: y1=right: (1, -10) for (right, wrong); y1=wrong: (11, 0).
+    r1 = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    r2 = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    reward1, reward2 = stage2_rewards(r1, r2, alpha=10.0)
+    first_reward1 = reward1.view(1, 2, 2)[..., 0]  # one r1 per first attempt
+    return1, return2 = attempt_returns(first_reward1, reward2.view(1, 2, 2), "per_attempt")
+    adv1, adv2 = two_attempt_advantages(return1, return2)
+    # siblings: (1 - -10, -10 - 1) and (11 - 0, 0 - 11): the -alpha r1 term cancels
+    assert adv2.flatten().tolist() == [11.0, -11.0, 11.0, -11.0]
+    assert adv1.flatten().tolist() == [1.0, -1.0]
+    # trajectory: y1 returns 1 + mean(1, -10) = -3.5 and 0 + mean(11, 0) = 5.5
+    return1, _ = attempt_returns(first_reward1, reward2.view(1, 2, 2), "trajectory")
+    assert return1.flatten().tolist() == [-3.5, 5.5]
+    with pytest.raises(ValueError, match="does not match"):
+        two_attempt_advantages(torch.zeros(1, 3), torch.zeros(1, 2, 2))
+
+
+def test_attempt1_weight_scales_or_removes_attempt1_terms():
+    logp = torch.zeros(2, 3, requires_grad=True)
+    mask1 = torch.tensor([[0.0, 1.0, 0.0]] * 2)
+    mask2 = torch.tensor([[0.0, 0.0, 1.0]] * 2)
+    adv = torch.tensor([4.0, 4.0])
+    weight = torch.tensor([0.5, 0.0])  # half (one of two siblings), none (offline y1)
+    terms = score_loss(
+        logp,
+        logp.detach() - 1.0,
+        mask1,
+        mask2,
+        adv,
+        adv,
+        1.0,
+        1.0,
+        1.0,
+        "k2",
+        attempt1_weight=weight,
+    )
+    terms.loss.backward()
+    # d/dlogp of (w * (-A logp + 0.5 (logp - ref)^2)) / B at logp - ref = 1: w (-4 + 1) / 2
+    assert logp.grad[:, 1].tolist() == [0.5 * -3.0 / 2, 0.0]
+    assert logp.grad[:, 2].tolist() == [-3.0 / 2, -3.0 / 2]
+    assert terms.kl1_tokens == 1  # the offline first attempt's KL is not counted
 
 
 def test_kl_coefficients_per_stage():
@@ -139,7 +270,9 @@ def test_score_loss_hand_values_and_padding_ignored():
     # reference is ln 2 lower on every real token; the padded token differs wildly
     ref = logp - math.log(2.0)
     ref[1, 3] = -9.0
-    terms = score_loss(logp, ref, mask1, mask2, adv1, adv2, 0.1, 1.0, token_normalizer=2.0)
+    terms = score_loss(
+        logp, ref, mask1, mask2, adv1, adv2, 0.1, 1.0, token_normalizer=2.0, kl_estimator="k3"
+    )
     # pg: trace 0 = (1*1 + 2*2)/2 = 2.5 ; trace 1 = (-(-1*-0.5) + 0)/2 = -0.25 ; mean 1.125
     k3 = 0.5 + math.log(2.0) - 1.0  # KL of each real attempt token
     kl_part = (0.1 * k3 + 1.0 * k3) / 2.0  # same for both traces

@@ -16,7 +16,7 @@ def test_defaults_file_and_overrides_merge_in_order(tmp_path):
     assert cfg.learner.lr == 3e-4  # override beats file
     assert cfg.algo.alpha == 10.0  # default kept
     assert cfg.output_dir == str(tmp_path)
-    assert cfg.train.traces_per_step == cfg.train.prompts_per_step * cfg.train.samples_per_prompt
+    assert cfg.traces_per_step == cfg.train.prompts_per_step * cfg.train.samples_per_prompt
 
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.name)
@@ -58,6 +58,20 @@ def test_ill_typed_value_is_named():
         ("task.path=/no/such.jsonl", "task.path"),
         ("prompts.attempt1=no placeholder", "prompts.attempt1"),
         ("rollout.temperature=-1", "rollout.temperature"),
+        # issue 13: training needs T > 0, a full softmax, a KL loss with a gradient, an fp32
+        # master copy of the weights
+        ("rollout.temperature=0", "rollout.temperature"),
+        ("rollout.attempt2_temperature=0", "rollout.attempt2_temperature"),
+        ("rollout.top_p=0.9", "rollout.top_p"),
+        ("algo.kl_estimator=k1", "algo.kl_estimator"),
+        ("algo.kl_estimator=k4", "algo.kl_estimator"),
+        ("algo.credit=future", "algo.credit"),
+        ("algo.gamma=1.5", "algo.gamma"),
+        ("model.dtype=bfloat16", "model.dtype"),
+        ("model.dtype=float16", "model.dtype"),
+        ("rollout.attempt2_samples=0", "rollout.attempt2_samples"),
+        ("train.offline_attempt1_fraction=1.5", "train.offline_attempt1_fraction"),
+        ("task.dev_size=-1", "task.dev_size"),
     ],
 )
 def test_invalid_values_are_rejected_with_key(override, key):
@@ -82,6 +96,39 @@ def test_batch_must_split_over_ranks():
                 "learner.micro_batch_size=2",
             ],
         )
+
+
+def test_branching_counts_in_the_batch_split():
+    # 3 prompts x 2 samples x 2 revisions = 12 traces: splits into 2 ranks x 3, not into 5
+    cfg = load_config(
+        None,
+        [
+            "train.prompts_per_step=3",
+            "train.samples_per_prompt=2",
+            "rollout.attempt2_samples=2",
+            "learner.world_size=2",
+            "learner.micro_batch_size=3",
+        ],
+    )
+    assert cfg.traces_per_step == 12
+    with pytest.raises(ConfigError, match="attempt2_samples"):
+        load_config(
+            None,
+            [
+                "train.prompts_per_step=3",
+                "rollout.attempt2_samples=2",
+                "learner.micro_batch_size=5",
+            ],
+        )
+
+
+def test_low_precision_learner_needs_a_gpu_and_attempt2_temperature_defaults():
+    cfg = load_config(None, ["model.dtype=bfloat16", "learner.num_gpus=1"])
+    assert cfg.model.dtype == "bfloat16"
+    cfg = load_config(None, ["rollout.temperature=0.7"])
+    assert cfg.attempt2_temperature == 0.7
+    cfg = load_config(None, ["rollout.temperature=0.7", "rollout.attempt2_temperature=0.2"])
+    assert cfg.attempt2_temperature == 0.2
 
 
 def test_hub_id_and_local_folder_accepted(tmp_path):

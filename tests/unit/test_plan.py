@@ -60,7 +60,7 @@ def test_the_recipes_state_the_paper_values():
     assert (math.algo.alpha, math.algo.beta1, math.algo.beta2) == (10.0, 0.01, 0.1)
     assert (code.algo.alpha, code.algo.beta1, code.algo.beta2) == (10.0, 0.01, 0.25)
     assert (math.learner.lr, code.learner.lr) == (5e-6, 1e-5)
-    assert (math.train.traces_per_step, code.train.traces_per_step) == (512, 128)
+    assert (math.traces_per_step, code.traces_per_step) == (512, 128)
     assert math.train.stage1_steps + math.train.stage2_steps == 3000
     assert code.train.stage1_steps + code.train.stage2_steps == 1500
     assert math.rollout.temperature == code.rollout.temperature == 1.0
@@ -175,6 +175,11 @@ def test_tokens_per_step_by_hand():
     tokens = tokens_per_step(cfg)
     assert (tokens.traces, tokens.generated, tokens.forward) == (4, 4 * 2 * 24, 4 * 512)
     assert tokens.steps == 4 and tokens.micro_batches_per_rank == 1
+    # Two second attempts per first attempt: 4 first + 8 second attempts, 8 traces.
+    branched = tokens_per_step(
+        load_config(REPO / "conf" / "tiny.yaml", ["rollout.attempt2_samples=2"])
+    )
+    assert (branched.traces, branched.generated, branched.trained) == (8, 12 * 24, 8 * 2 * 24)
 
 
 # -- Architecture lookup ------------------------------------------------------------------

@@ -64,6 +64,26 @@ def test_build_splits_dedupes_and_excludes_eval_questions():
     assert [p.question for p in splits.train] == ["d", "e"]
 
 
+def test_build_splits_dev_is_disjoint_and_independent_of_train_size():
+    eval_candidates = [problem("a"), problem("b")]
+    train_candidates = [problem("b"), problem("c"), problem(" c"), problem("d"), problem("e")]
+    splits = build_splits(eval_candidates, train_candidates, eval_size=1, train_size=2, dev_size=2)
+    assert [p.question for p in splits.eval] == ["a"]
+    assert [p.question for p in splits.dev] == ["b", "c"]  # first of the training stream
+    assert [p.question for p in splits.train] == ["d", "e"]  # never a dev or eval question
+    fewer = build_splits(eval_candidates, train_candidates, eval_size=1, train_size=1, dev_size=2)
+    assert [p.question for p in fewer.dev] == ["b", "c"]
+    no_dev = build_splits(eval_candidates, train_candidates, eval_size=1, train_size=2)
+    assert no_dev.dev == [] and [p.question for p in no_dev.train] == ["b", "c"]
+
+
+def test_reasoning_gym_dev_split_is_disjoint_from_both():
+    splits = load_task_splits(rg_task(dev_size=15))
+    assert (len(splits.train), len(splits.eval), len(splits.dev)) == (60, 20, 15)
+    assert not keys(splits.dev) & (keys(splits.train) | keys(splits.eval))
+    assert len(keys(splits.dev)) == 15
+
+
 def test_normalize_question_folds_whitespace_and_compatibility_forms():
     assert normalize_question("  What is\t１＋１?\n") == normalize_question("What is 1+1?")
     assert normalize_question("x + 1") != normalize_question("x + 2")
