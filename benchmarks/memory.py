@@ -29,7 +29,7 @@ import psutil
 import ray
 from bench_common import MODELS, ROOT, bench_config, init_ray, table, write_result
 
-from score_ray.cli import prepare_inputs
+from score_ray.launch import prepare_inputs
 from score_ray.trainer import Trainer
 
 MB = 1024 * 1024

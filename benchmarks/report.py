@@ -1,5 +1,5 @@
-"""Markdown tables of the newest benchmark results (benchmarks/results/*.json), for the
-README's Performance section.
+"""Markdown tables of the newest benchmark results (benchmarks/results/*.json), for
+docs/performance.md.
 
     .venv/bin/python benchmarks/report.py
 """

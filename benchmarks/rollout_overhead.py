@@ -37,8 +37,8 @@ from typing import Any
 import ray
 from bench_common import MODELS, RESULTS, bench_config, init_ray, median, table, write_result
 
-from score_ray.cli import prepare_inputs
 from score_ray.config import Config
+from score_ray.launch import prepare_inputs
 from score_ray.prompts import PromptBuilder
 from score_ray.rollout.group import RolloutGroup
 from score_ray.rollout.worker import engine_kwargs, rollout_env

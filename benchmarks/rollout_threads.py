@@ -21,7 +21,7 @@ import time
 import ray
 from bench_common import MODELS, bench_config, init_ray, median, table, write_result
 
-from score_ray.cli import prepare_inputs
+from score_ray.launch import prepare_inputs
 from score_ray.rollout.group import RolloutGroup
 
 

@@ -28,8 +28,8 @@ import torch
 from bench_common import ROOT, init_ray, table, write_result
 
 from score_ray.algo.rewards import stage2_rewards
-from score_ray.cli import prepare_inputs
 from score_ray.config import load_config
+from score_ray.launch import prepare_inputs
 from score_ray.rollout.group import RolloutGroup
 from score_ray.verify.scorers import score_completion
 

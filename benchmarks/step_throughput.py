@@ -42,8 +42,8 @@ from bench_common import MODELS, ROOT, TINY_CONFIG, bench_config, init_ray, tabl
 from plain_torch import PlainTorchLearner, full_logits
 
 from score_ray.algo import Trace, attempt_rewards, collate_traces, rloo_advantages
-from score_ray.cli import prepare_inputs
 from score_ray.config import Config
+from score_ray.launch import prepare_inputs
 from score_ray.learner.actor import LearnerShard
 from score_ray.models import load_tokenizer
 from score_ray.prompts import PromptBuilder

@@ -39,6 +39,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from score_ray.uris import uri_scheme
+
 if TYPE_CHECKING:
     import pyarrow.fs
 
@@ -48,32 +50,11 @@ DRIVER_STATE = "driver_state.json"
 LATEST = "latest"
 LEARNER = "learner"
 FINAL = "final"
-URI_SCHEMES = ("s3", "gs", "file")
 STAGING_PREFIX = "score-ray-ckpt-"
 """Temporary folders under a node's TMPDIR that hold a rank's part on its way up or down."""
 
 
 # -- Locations: a local path or a URI ---------------------------------------------------------
-
-
-def uri_scheme(location: str | os.PathLike) -> str | None:
-    """The scheme of a URI ("s3" for "s3://bucket/key"); None for a plain path."""
-    scheme, sep, _ = str(location).partition("://")
-    return scheme.lower() if sep else None
-
-
-def checkpoint_uri_problem(uri: str) -> str | None:
-    """Why `uri` cannot be a checkpoint root (None: it can)."""
-    scheme = uri_scheme(uri)
-    schemes = [f"{name}://" for name in URI_SCHEMES]
-    if scheme not in URI_SCHEMES:
-        return f"must be a URI starting with one of {schemes}, got {uri!r}"
-    rest = uri.partition("://")[2]
-    if not rest.strip("/"):
-        return f"names no bucket or folder: {uri!r}"
-    if scheme == "file" and not rest.startswith("/"):
-        return f"a file:// URI needs an absolute path (file:///abs/path), got {uri!r}"
-    return None
 
 
 def checkpoint_location(cfg: Config) -> str:

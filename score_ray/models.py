@@ -86,7 +86,7 @@ def prepare_embedded_model(cache_dir: str) -> str:
     Returns ``<cache_dir>/models/smollm2-135m-instruct``. Takes ~35-50 s and ~1.7 GB of RAM
     (2 cores) the first time; later calls return at once.
     """
-    target = _models_dir(cache_dir) / EMBEDDED_MODEL
+    target = alias_folder(EMBEDDED_MODEL, cache_dir)
     return _build_once(target, _convert_embedded, source=f"{GGUF_PACKAGE}/{GGUF_NAME}")
 
 
@@ -96,7 +96,7 @@ def build_tiny_model(cache_dir: str, seed: int = 0) -> str:
     Returns ``<cache_dir>/models/tiny-llama-s<seed>``. Needs only the GGUF's tokenizer
     (or the converted embedded folder's, if already there), not the 540 MB conversion.
     """
-    target = _models_dir(cache_dir) / f"{TINY_MODEL}-s{seed}"
+    target = alias_folder(TINY_MODEL, cache_dir, seed)
 
     def build(out: Path) -> None:
         tokenizer = _smollm2_tokenizer(cache_dir)
@@ -108,6 +108,11 @@ def build_tiny_model(cache_dir: str, seed: int = 0) -> str:
         _add_legacy_rope_theta(out)
 
     return _build_once(target, build, source=f"random init, seed {seed}")
+
+
+def alias_folder(alias: str, cache_dir: str, seed: int = 0) -> Path:
+    """Where an alias's HF folder is (or will be) cached; complete once MARKER is inside."""
+    return _models_dir(cache_dir) / (alias if alias == EMBEDDED_MODEL else f"{alias}-s{seed}")
 
 
 def make_tiny_llama(

@@ -79,20 +79,24 @@ def layout(cfg: Config) -> list[RoleDemand]:
 
 def check_fits(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> None:
     """Raise LayoutError if an actor fits on no node or the totals fall short."""
+    problems = layout_problems(demands, nodes)
+    if problems:
+        raise LayoutError("the cluster cannot hold this layout:\n  " + "\n  ".join(problems))
+
+
+def layout_problems(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> list[str]:
+    """Each way the nodes fall short of the layout, naming the role and the resource."""
     if not nodes:
-        raise LayoutError("the Ray cluster has no alive nodes")
+        return ["the Ray cluster has no alive nodes"]
     problems = []
     for demand in demands:
-        if demand.count and not any(_fits(demand.bundle, node) for node in nodes):
+        if demand.count and not any(fits(demand.bundle, node) for node in nodes):
             best = {k: max(node.get(k, 0.0) for node in nodes) for k in demand.bundle}
             problems.append(
                 f"{demand.role}: one actor needs {demand.bundle}, but no node has that "
                 f"(largest per node: {best})"
             )
-    needed: Counter[str] = Counter()
-    for demand in demands:
-        for name, amount in demand.bundle.items():
-            needed[name] += amount * demand.count
+    needed = totals(demands)
     total: Counter[str] = Counter()
     for node in nodes:
         total.update(node)
@@ -103,11 +107,19 @@ def check_fits(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> None
                 f"{name}: the layout needs {amount:g} ({', '.join(roles)}), "
                 f"the cluster has {total.get(name, 0.0):g}"
             )
-    if problems:
-        raise LayoutError("the cluster cannot hold this layout:\n  " + "\n  ".join(problems))
+    return problems
 
 
-def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
+def totals(demands: list[RoleDemand]) -> dict[str, float]:
+    """Each resource the whole layout reserves."""
+    needed: Counter[str] = Counter()
+    for demand in demands:
+        for name, amount in demand.bundle.items():
+            needed[name] += amount * demand.count
+    return dict(needed)
+
+
+def fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
     return all(node.get(name, 0.0) + 1e-9 >= amount for name, amount in bundle.items())
 
 

@@ -162,7 +162,7 @@ class Trainer:
         # A resumed run drops the records written after its checkpoint, or all of them
         # when the run died before its first checkpoint and starts over.
         resume_step = (self.global_step if checkpoint else -1) if resume else None
-        self.metrics = MetricsLogger(self.output_dir, resume_step=resume_step)
+        self.metrics = MetricsLogger(self.output_dir, resume_step=resume_step, cfg=cfg)
 
     def run(self) -> dict[str, float]:
         cfg = self.cfg
@@ -197,6 +197,7 @@ class Trainer:
                     bar.n = self.global_step
                     bar.refresh()
         final = self.evaluate(tag="final")
+        self.metrics.log_final(final, self.global_step)
         write_final(cfg, self.actors.learner.save_pretrained)
         self.metrics.close()
         return final
@@ -302,7 +303,7 @@ class Trainer:
         else:
             self.restore(checkpoint)
         self.metrics.close()
-        self.metrics = MetricsLogger(self.output_dir, resume_step=self.global_step)
+        self.metrics = MetricsLogger(self.output_dir, resume_step=self.global_step, cfg=self.cfg)
 
     def _load_offline_pool(self) -> OfflinePool | None:
         """The run's offline first-attempt pool if it was already sampled (resume)."""

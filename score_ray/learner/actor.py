@@ -33,7 +33,7 @@ from score_ray.algo import (
 from score_ray.checkpoint import staged_read, staged_write
 from score_ray.config import Config
 from score_ray.placement import torch_threads
-from score_ray.sync import (
+from score_ray.transport import (
     MIB,
     ParamSpec,
     WeightHandle,

@@ -18,7 +18,7 @@ from score_ray.algo import TraceBatch
 from score_ray.config import Config
 from score_ray.learner.actor import Learner, LearnerShard
 from score_ray.placement import Placement
-from score_ray.sync import WeightHandle
+from score_ray.transport import WeightHandle
 
 
 class LearnerFailure(RuntimeError):

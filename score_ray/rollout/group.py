@@ -21,8 +21,8 @@ from score_ray.algo.traces import Attempt, Trace
 from score_ray.config import Config
 from score_ray.placement import Placement
 from score_ray.rollout.worker import RolloutWorker, rollout_env
-from score_ray.sync import WeightHandle, WeightSyncError, choose_transport
 from score_ray.tasks.base import Problem
+from score_ray.transport import WeightHandle, WeightSyncError, choose_transport
 
 log = logging.getLogger(__name__)
 

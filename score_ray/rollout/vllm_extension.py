@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from score_ray.sync import deserialize_bucket
+from score_ray.transport import deserialize_bucket
 
 
 class WeightReceiverExtension:

@@ -34,8 +34,14 @@ from score_ray.algo.traces import Attempt, Trace
 from score_ray.config import Config
 from score_ray.placement import torch_threads
 from score_ray.prompts import PromptBuilder
-from score_ray.sync import MIB, StaleWeightsError, WeightHandle, choose_transport, make_transport
 from score_ray.tasks.base import Problem
+from score_ray.transport import (
+    MIB,
+    StaleWeightsError,
+    WeightHandle,
+    choose_transport,
+    make_transport,
+)
 
 CPU_BATCHED_TOKENS = 8192
 """Prompt tokens per engine step on CPU, where prompts are never split (see engine_kwargs)."""

@@ -13,8 +13,8 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from score_ray.cli import prepare_inputs
 from score_ray.config import load_config
+from score_ray.launch import prepare_inputs
 from score_ray.placement import LayoutError
 from score_ray.trainer import Trainer
 

@@ -15,7 +15,7 @@ import time
 
 import ray
 
-from score_ray.cli import prepare_inputs
+from score_ray.launch import prepare_inputs
 from score_ray.trainer import Trainer
 from tests.integration.conftest import tiny_config
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from tests.integration.conftest import CONF
+from tests.unit.test_tracking import mlflow_run, wandb_run
 
 TIME_FIELDS = ("time/generate", "time/verify", "time/learn", "time/sync")
 REQUIRED = (
@@ -38,7 +39,9 @@ REQUIRED = (
 def test_tiny_demo_two_stage_run_with_verifier_faults(tmp_path):
     demo = tmp_path / "demo"
     out = demo / "train"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true")  # W&B without network or account
+    env.update({name: str(tmp_path / name) for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR")})
     cmd = [
         sys.executable,
         "-m",
@@ -53,6 +56,7 @@ def test_tiny_demo_two_stage_run_with_verifier_faults(tmp_path):
         "verifier.chaos_raise_rate=0.2",
         "verifier.chaos_hang_rate=0.1",
         "verifier.timeout_s=3",
+        "logging.backends=[tensorboard,wandb,mlflow]",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -81,6 +85,15 @@ def test_tiny_demo_two_stage_run_with_verifier_faults(tmp_path):
     assert (out / "config.yaml").is_file()
     assert "chaos_hang_rate: 0.1" in (out / "config.yaml").read_text()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # The trackers got the trainer's scalars and its final evaluation.
+    final = {k.removeprefix("eval/"): v for k, v in evals[-1].items() if k.startswith("eval/")}
+    wandb = wandb_run(out)
+    assert ("loss", 4, steps[-1]["loss"]) in wandb["points"]
+    assert wandb["summary"]["final/acc_t2"] == final["acc_t2"]
+    assert wandb["config"]["verifier"]["chaos_hang_rate"] == 0.1
+    ml_points, params, _, info = mlflow_run(out)
+    assert ("final/delta", 4, final["delta"]) in ml_points and info.status == "FINISHED"
+    assert params["verifier.chaos_hang_rate"] == "0.1"
     assert "SCoRe" in proc.stderr and "eval: 100%" in proc.stderr  # the progress bars
 
     # The demo's evaluations and report.

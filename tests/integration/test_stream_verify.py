@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ray
 
-from score_ray.cli import prepare_inputs
 from score_ray.config import VerifierConfig
+from score_ray.launch import prepare_inputs
 from score_ray.rollout.group import RolloutGroup
 from score_ray.verify.pool import VerifierPool
 from tests.integration.conftest import tiny_config

@@ -25,24 +25,17 @@ import pytest
 import ray
 import yaml
 
-from score_ray.cli import required_cpus
+from score_ray.cluster_spec import MACHINES, read_cluster
 from score_ray.config import Config, load_config
+from score_ray.placement import check_fits, layout
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 RAY_UP_CONFIGS = ("aws-gpu.yaml", "gcp-gpu.yaml")
 
-# vCPUs and GPUs of each machine type used, from the providers' published specs. The
-# configs spell their `resources` out (auto-detection needs cloud API access), so this
-# table catches an instance type changed without its resources.
-MACHINES = {
-    "m5.2xlarge": (8, 0),
-    "g5.xlarge": (4, 1),
-    "g5.12xlarge": (48, 4),
-    "n2-standard-8": (8, 0),
-    "g2-standard-8": (8, 1),
-    "a2-highgpu-4g": (48, 4),
-}
+# The configs spell their `resources` out (auto-detection needs cloud API access), so
+# cluster_spec.MACHINES (providers' published specs; `score-ray plan` reads GPU memory from
+# it) catches an instance type changed without its resources.
 DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -136,8 +129,8 @@ def test_ray_up_cpu_head_gpu_workers_with_matching_resources(name):
     assert any(t["resources"].get("GPU", 0) >= 1 for t in workers.values())
     for node_type in [head, *workers.values()]:
         kind = machine_type(node_type["node_config"])
-        cpus, gpus = MACHINES[kind]
-        assert node_type["resources"] == {"CPU": cpus, "GPU": gpus}, kind
+        machine = MACHINES[kind]
+        assert node_type["resources"] == {"CPU": machine.cpus, "GPU": machine.gpus}, kind
     assert sum(t.get("max_workers", 0) for t in workers.values()) <= config["max_workers"]
     if config["provider"]["type"] == "gcp":
         for node_type in workers.values():  # GPU VMs cannot live-migrate
@@ -258,23 +251,11 @@ def test_rayjob_runtime_env_matches_cluster_runtime_env():
 
 
 def test_rayjob_entrypoint_config_fits_the_worker_groups():
-    spec = rayjob()["spec"]
-    cfg = entrypoint_config(spec["entrypoint"])
-    cluster = spec["rayClusterSpec"]
-    groups = cluster["workerGroupSpecs"]
-
-    def per_pod(group: dict, key: str) -> float:
-        return float(pod_containers(group)[0]["resources"]["limits"].get(key, 0))
-
-    gpu_pods = [per_pod(g, "nvidia.com/gpu") for g in groups for _ in range(g["replicas"])]
-    actors = [cfg.rollout.num_gpus] * cfg.rollout.num_workers
-    actors += [cfg.learner.num_gpus] * cfg.learner.world_size
-    assert all(0 < need <= max(gpu_pods) for need in actors), "every actor needs a GPU that fits"
-    assert sum(actors) <= sum(gpu_pods)
-    cpus = per_pod(cluster["headGroupSpec"], "cpu") + sum(
-        per_pod(g, "cpu") * g["replicas"] for g in groups
-    )
-    assert required_cpus(cfg) <= cpus
+    """The check a run makes against the live cluster (and `score-ray plan --cluster`)."""
+    cfg = entrypoint_config(rayjob()["spec"]["entrypoint"])
+    assert cfg.rollout.num_gpus > 0 and cfg.learner.num_gpus > 0
+    node_types, _ = read_cluster(CLUSTER / "kuberay-rayjob.yaml")
+    check_fits(layout(cfg), [node for t in node_types for node in t.nodes()])
 
 
 def test_rayjob_output_dir_is_on_a_shared_volume_of_every_pod():

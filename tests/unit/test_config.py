@@ -151,12 +151,12 @@ def test_saved_config_round_trips(tmp_path):
     assert load_config(tmp_path / "config.yaml") == cfg
 
 
-def test_readme_documents_every_config_key():
+def test_docs_document_every_config_key():
     from score_ray.config import markdown_reference
 
-    readme = (CONF.parent / "README.md").read_text()
-    assert markdown_reference() in readme, (
-        "README's config table is stale: paste the output of `python -m score_ray.config`"
+    page = (CONF.parent / "docs" / "configuration.md").read_text()
+    assert markdown_reference() in page, (
+        "docs/configuration.md's table is stale: paste the output of `python -m score_ray.config`"
     )
 
 

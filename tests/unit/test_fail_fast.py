@@ -22,14 +22,9 @@ from score_ray.checkpoint import learner_dir, staged_write
 from score_ray.config import ConfigError, load_config
 from score_ray.learner.group import LearnerFailure
 from score_ray.rollout.group import RolloutGroup
-from score_ray.sync import (
-    WeightHandle,
-    WeightSyncError,
-    connect_weight_transport,
-    run_concurrently,
-    sync_weights,
-)
+from score_ray.sync import connect_weight_transport, sync_weights
 from score_ray.tasks.base import Problem
+from score_ray.transport import WeightHandle, WeightSyncError, run_concurrently
 from tests.unit.test_sync import COLOCATED, GPU, FakeLearner, FakeRollout
 
 DEADLINE = ["sync.timeout_s=0.3"]

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from score_ray.cli import prepare_inputs
 from score_ray.config import ConfigError, load_config
+from score_ray.launch import prepare_inputs
 
 
 def _jsonl(path, rows):

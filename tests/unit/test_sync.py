@@ -15,13 +15,13 @@ import torch
 from score_ray.config import Config, ConfigError, load_config
 from score_ray.rollout.vllm_extension import _retie_word_embeddings
 from score_ray.rollout.worker import engine_kwargs, rollout_env
-from score_ray.sync import (
+from score_ray.sync import connect_weight_transport, sync_weights
+from score_ray.transport import (
     StaleWeightsError,
     WeightHandle,
     bucket_named_tensors,
     check_specs,
     choose_transport,
-    connect_weight_transport,
     deserialize_bucket,
     merge_ipc_handles,
     nccl_init_infos,
@@ -29,7 +29,6 @@ from score_ray.sync import (
     run_concurrently,
     serialize_bucket,
     spec_bytes,
-    sync_weights,
     update_info,
     vllm_weight_name,
 )
