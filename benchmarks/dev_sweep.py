@@ -3,7 +3,7 @@
 The held-out split is for reported numbers only; every choice (levers, temperatures, steps,
 alpha, beta, lr) is made here, on `task.dev_size` problems disjoint from train and held-out.
 
-    .venv/bin/python benchmarks/dev_sweep.py base                      # the base model on dev
+    .venv/bin/python benchmarks/dev_sweep.py base --eval-only          # the base model on dev
     .venv/bin/python benchmarks/dev_sweep.py demo                      # conf/demo.yaml as is
     .venv/bin/python benchmarks/dev_sweep.py beta2_1 algo.beta2=1.0 rollout.attempt2_samples=2
     .venv/bin/python benchmarks/dev_sweep.py --table                   # print the table only
@@ -36,27 +36,34 @@ COMMON = [f"task.dev_size={DEV_SIZE}", "train.eval_every=0", "train.eval_max_pro
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", nargs="?", help="variant name ('base': the untrained model)")
+    parser.add_argument("name", nargs="?", help="variant name")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of conf/demo.yaml")
     parser.add_argument("--config", action="append", help="YAML (default conf/demo.yaml)")
     parser.add_argument("--out", default="runs/dev", help="folder of the variants' runs")
     parser.add_argument("--table", action="store_true", help="only print the results table")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--eval-only", action="store_true", help="evaluate model.path on dev, no training"
+    )
+    args = parser.parse_intermixed_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if args.name and not args.table:
         configs = config_args(args.config or ["conf/demo.yaml"])
-        results[args.name] = run_variant(args.name, configs, args.overrides, Path(args.out))
+        results[args.name] = run_variant(
+            args.name, configs, args.overrides, Path(args.out), args.eval_only
+        )
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return 0
 
 
-def run_variant(name: str, configs: list[str], overrides: list[str], out: Path) -> dict:
+def run_variant(
+    name: str, configs: list[str], overrides: list[str], out: Path, eval_only: bool
+) -> dict:
     run_dir = out / name
     eval_dir = run_dir / "eval_dev"
     started = time.perf_counter()
     common = configs + COMMON + overrides
-    if name == "base":
+    if eval_only:
         commands = [["eval", "--split", "dev", *common, f"output_dir={eval_dir}"]]
     else:
         commands = [

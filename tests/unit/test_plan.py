@@ -101,6 +101,9 @@ def test_kuberay_cluster_is_read_and_too_small_for_the_recipe(capsys):
 def test_plan_on_this_machine_starts_nothing(capsys):
     import ray
 
+    # Another test in the same process may have left a Ray instance up; what counts is
+    # that `plan` does not start one.
+    ray.shutdown()
     assert cli_main(["plan", "--config", str(REPO / "conf" / "tiny.yaml")]) == 0
     out = capsys.readouterr().out
     cfg = load_config(REPO / "conf" / "tiny.yaml")
