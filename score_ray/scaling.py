@@ -202,3 +202,31 @@ def curve(summary: dict[str, dict[str, Any]], scheme: str, kind: str) -> list[tu
         (int(name[len(prefix) :]), e) for name, e in summary.items() if name.startswith(prefix)
     ]
     return sorted(points, key=lambda point: point[0])
+
+
+def format_scaling(summary: dict[str, dict[str, Any]], budgets: Sequence[int]) -> str:
+    """A terminal table of `scaling_summary`'s output: one row per budget, majority vote
+    [95% CI] and pass@b per scheme ("-" where a scheme has no point)."""
+    columns = [
+        (scheme, kind)
+        for scheme in (PARALLEL, SEQUENTIAL)
+        for kind in ("majority", "pass")
+        if curve(summary, scheme, kind)
+    ]
+    header = ["budget", *(f"{scheme} {kind}" for scheme, kind in columns)]
+    rows = []
+    for budget in budgets:
+        cells = [str(budget)]
+        for scheme, kind in columns:
+            entry = summary.get(curve_name(scheme, kind, budget))
+            if entry is None:
+                cells.append("-")
+            else:
+                low, high = entry["ci"]
+                cells.append(f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]")
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
