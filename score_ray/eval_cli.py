@@ -125,19 +125,18 @@ def add_parser(commands: Any) -> None:
 
 
 @dataclass(frozen=True)
-class EvalPlan:
-    """What one `score-ray eval` generates, from `--attempts` and `--parallel`."""
+class ScalingPlan:
+    """The samples `--parallel N [--attempts 2]` asks for, besides the greedy attempts."""
 
-    attempts: int = 2
-    """Greedy attempts per problem (the self-correction metrics, Acc@tk)."""
-    parallel: int = 0
-    """Sampled first attempts per problem for the scaling curves; 0: none."""
+    samples: int
+    """N: sampled first attempts per problem, majority-voted (the parallel scheme)."""
     sequential: bool = False
-    """Also self-correct the first parallel / 2 of them once (the sequential scheme)."""
+    """Also self-correct the first N/2 of them once and vote on those (sequential scheme)."""
 
 
-def eval_plan(attempts: int | None, parallel: int) -> EvalPlan:
-    """The plan the flags ask for, or ConfigError naming the flag that is wrong.
+def eval_plan(attempts: int | None, parallel: int) -> tuple[int, ScalingPlan | None]:
+    """The greedy attempts and the scaling samples the flags ask for, or ConfigError naming
+    the flag that is wrong.
 
     Without --parallel, --attempts K (default 2) is the greedy evaluation, 2 <= K <= 5.
     With --parallel N, the greedy evaluation keeps its 2 attempts (its Acc@t1 is the
@@ -148,9 +147,13 @@ def eval_plan(attempts: int | None, parallel: int) -> EvalPlan:
         raise ConfigError(f"--parallel: must be >= 1 (or 0 for off), got {parallel}")
     if parallel == 0:
         attempts = 2 if attempts is None else attempts
-        if not 2 <= attempts <= MAX_ATTEMPTS:
-            raise ConfigError(f"--attempts: must be in 2..{MAX_ATTEMPTS}, got {attempts}")
-        return EvalPlan(attempts=attempts)
+        if attempts < 2:
+            raise ConfigError(f"--attempts: must be >= 2, got {attempts}")
+        if attempts > MAX_ATTEMPTS:
+            raise ConfigError(
+                f"--attempts: at most {MAX_ATTEMPTS} attempts are supported, got {attempts}"
+            )
+        return attempts, None
     scheme = 1 if attempts is None else attempts
     if scheme not in (1, SEQUENTIAL_ATTEMPTS):
         raise ConfigError(
@@ -162,13 +165,13 @@ def eval_plan(attempts: int | None, parallel: int) -> EvalPlan:
             chains_for_budget(parallel)
         except ValueError as error:
             raise ConfigError(f"--parallel {parallel} --attempts 2: {error}") from None
-    return EvalPlan(parallel=parallel, sequential=scheme == SEQUENTIAL_ATTEMPTS)
+    return 2, ScalingPlan(parallel, sequential=scheme == SEQUENTIAL_ATTEMPTS)
 
 
 def main(args: argparse.Namespace) -> int:
-    plan = eval_plan(args.attempts, args.parallel)
+    attempts, scaling = eval_plan(args.attempts, args.parallel)
     cfg, run_dir = eval_config(args.config, args.overrides)
-    report, rows = evaluate_model(cfg, plan.attempts, args.split, plan)
+    report, rows = evaluate_model(cfg, attempts, args.split, scaling)
     if run_dir is not None:
         report["run_dir"] = str(run_dir)
     write_outputs(Path(cfg.output_dir), report, rows)
@@ -201,15 +204,14 @@ def eval_config(config_path: ConfigPaths, overrides: list[str]) -> tuple[Config,
 
 
 def evaluate_model(
-    cfg: Config, attempts: int, split: str = "held_out", plan: EvalPlan | None = None
+    cfg: Config, attempts: int, split: str = "held_out", scaling: ScalingPlan | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run the evaluation on Ray: the report for eval.json and one row per problem.
-    `plan` adds the scaling samples; its `attempts` is ignored for `attempts`."""
+    """Run the evaluation on Ray: the report for eval.json and one row per problem; with
+    `scaling`, also the sampled curves (eval.json's "scaling")."""
     started = time.perf_counter()
-    plan = plan or EvalPlan(attempts=attempts)
     model_path, problems, builder = load_held_out(cfg, attempts, split)
     runs, rewards, verify_stats, samples = generate_and_score(
-        cfg, model_path, problems, builder, attempts, plan
+        cfg, model_path, problems, builder, attempts, scaling
     )
     summary = summarize(rewards)
     rows = problem_rows(problems, runs, rewards, cfg.prompts.answer_format)
@@ -234,8 +236,8 @@ def evaluate_model(
         },
         "verify": verify_stats,
     }
-    if samples is not None:
-        report["scaling"] = scaling_report(samples, plan, cfg)
+    if scaling is not None and samples is not None:
+        report["scaling"] = scaling_report(samples, scaling, cfg)
         add_sample_rows(rows, samples)
     report.update(
         time_s=time.perf_counter() - started,
@@ -279,7 +281,7 @@ class Samples:
 
 @dataclass
 class ScalingSamples:
-    """What the scaling curves are computed from (`EvalPlan.parallel` > 0)."""
+    """What the scaling curves are computed from (`ScalingPlan`)."""
 
     first: Samples
     """N first attempts per problem, sampled at rollout.temperature."""
@@ -293,10 +295,10 @@ def generate_and_score(
     problems: list[Problem],
     builder: PromptBuilder,
     attempts: int,
-    plan: EvalPlan | None = None,
+    scaling: ScalingPlan | None = None,
 ) -> tuple[list[AttemptRun], list[list[float]], dict[str, float], ScalingSamples | None]:
     """K greedy attempts per problem on the rollout workers, scored by the verifier pool,
-    and the scaling samples `plan` asks for from the same actors: the runs, rewards[k][i],
+    and the samples `scaling` asks for from the same actors: the runs, rewards[k][i],
     the verifier fault counts (both passes summed) and the samples (None without any)."""
     from score_ray.launch import init_ray
     from score_ray.rollout.group import RolloutGroup
@@ -315,8 +317,8 @@ def generate_and_score(
             for problem, run in zip(problems, runs, strict=True)
         ]
         flat, stats = verifiers.score(items)
-        if plan is not None and plan.parallel:
-            samples, scaling_stats = sample_scaling(rollout, verifiers, problems, plan, cfg)
+        if scaling is not None:
+            samples, scaling_stats = sample_scaling(rollout, verifiers, problems, scaling, cfg)
     finally:
         rollout.shutdown()
         verifiers.shutdown()
@@ -327,7 +329,7 @@ def generate_and_score(
 
 
 def sample_scaling(
-    rollout: Any, verifiers: Any, problems: list[Problem], plan: EvalPlan, cfg: Config
+    rollout: Any, verifiers: Any, problems: list[Problem], plan: ScalingPlan, cfg: Config
 ) -> tuple[ScalingSamples, dict[str, float]]:
     """The scaling samples through the training path: N first attempts per problem from
     `RolloutGroup.sample_first_attempts` (as the offline pool draws them); for the sequential
@@ -336,11 +338,11 @@ def sample_scaling(
     Reusing them means both schemes vote on the same first attempts and the sequential
     one costs N/2 generations, not N. All are scored in one VerifierPool call."""
     seed = cfg.train.seed
-    firsts = rollout.sample_first_attempts(problems, plan.parallel, seed)
+    firsts = rollout.sample_first_attempts(problems, plan.samples, seed)
     texts = [[attempt.text for attempt in per_problem] for per_problem in firsts]
     revised_texts = None
     if plan.sequential:
-        chains = chains_for_budget(plan.parallel)
+        chains = chains_for_budget(plan.samples)
         given = [per_problem[:chains] for per_problem in firsts]
         traces = rollout.generate(problems, chains, False, seed, first_attempts=given)
         revised_texts = [
@@ -377,9 +379,9 @@ def as_samples(texts: list[list[str]], rewards: list[list[float]], answer_format
     return Samples(answers, rewards)
 
 
-def scaling_report(samples: ScalingSamples, plan: EvalPlan, cfg: Config) -> dict[str, Any]:
+def scaling_report(samples: ScalingSamples, plan: ScalingPlan, cfg: Config) -> dict[str, Any]:
     """eval.json's "scaling": the curves with CIs and how they were sampled."""
-    budgets = sample_budgets(plan.parallel)
+    budgets = sample_budgets(plan.samples)
     first, revised = samples.first, samples.revised
     per_problem = [
         problem_curves(
@@ -390,7 +392,7 @@ def scaling_report(samples: ScalingSamples, plan: EvalPlan, cfg: Config) -> dict
         for i in range(len(first.answers))
     ]
     return {
-        "samples": plan.parallel,
+        "samples": plan.samples,
         "schemes": ["parallel", "sequential"] if plan.sequential else ["parallel"],
         "budgets": budgets,
         "temperature": cfg.rollout.temperature,

@@ -14,7 +14,7 @@ from score_ray.cli import main as cli_main
 from score_ray.config import ConfigError, load_config
 from score_ray.eval_cli import (
     EVAL_JSON,
-    EvalPlan,
+    ScalingPlan,
     add_sample_rows,
     eval_plan,
     sample_scaling,
@@ -32,12 +32,12 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 @pytest.mark.parametrize(
     ("attempts", "parallel", "plan"),
     [
-        (None, 0, EvalPlan(attempts=2)),  # unchanged default
-        (5, 0, EvalPlan(attempts=5)),
-        (None, 8, EvalPlan(attempts=2, parallel=8)),
-        (1, 8, EvalPlan(attempts=2, parallel=8)),
-        (2, 8, EvalPlan(attempts=2, parallel=8, sequential=True)),
-        (None, 1, EvalPlan(attempts=2, parallel=1)),
+        (None, 0, (2, None)),  # unchanged default
+        (5, 0, (5, None)),
+        (None, 8, (2, ScalingPlan(8))),  # the greedy two attempts stay
+        (1, 8, (2, ScalingPlan(8))),
+        (2, 8, (2, ScalingPlan(8, sequential=True))),
+        (None, 1, (2, ScalingPlan(1))),
     ],
 )
 def test_eval_plan(attempts, parallel, plan):
@@ -47,8 +47,8 @@ def test_eval_plan(attempts, parallel, plan):
 @pytest.mark.parametrize(
     ("attempts", "parallel", "message"),
     [
-        (6, 0, "--attempts: must be in 2..5, got 6"),
-        (1, 0, "--attempts: must be in 2..5, got 1"),
+        (6, 0, "--attempts: at most 5 attempts are supported, got 6"),
+        (1, 0, "--attempts: must be >= 2, got 1"),
         (3, 8, "--attempts with --parallel: 1"),
         (2, 7, "--parallel 7 --attempts 2: a budget of 7 samples does not split"),
         (2, 1, "does not split"),
@@ -62,7 +62,7 @@ def test_eval_plan_rejects_with_the_flag_named(attempts, parallel, message):
 
 def test_cli_rejects_more_than_five_attempts(capsys):
     assert cli_main(["eval", "--attempts", "6", "model.path=tiny-llama"]) == 2
-    assert "--attempts: must be in 2..5" in capsys.readouterr().err
+    assert "--attempts: at most 5 attempts are supported, got 6" in capsys.readouterr().err
 
 
 def _answer(text: str) -> str:
@@ -112,7 +112,7 @@ def test_sample_scaling_reuses_the_first_half_for_the_sequential_scheme(tmp_path
     rollout = FakeRollout([["5", "7", "5", "oops"], ["7", "7", "7", "7"]])
     verifiers = FakeVerifiers()
     problems = _problems(2)
-    plan = EvalPlan(parallel=4, sequential=True)
+    plan = ScalingPlan(4, sequential=True)
     samples, stats = sample_scaling(rollout, verifiers, problems, plan, cfg)
     assert rollout.calls == [("first", 4, cfg.train.seed), ("generate", 2, False, cfg.train.seed)]
     assert [[a.text for a in given] for given in rollout.given] == [
@@ -130,11 +130,11 @@ def test_sample_scaling_reuses_the_first_half_for_the_sequential_scheme(tmp_path
 def test_parallel_plan_samples_no_corrections(tmp_path):
     cfg = load_config(CONF / "tiny.yaml", [f"output_dir={tmp_path}"])
     rollout = FakeRollout([["7", "5"]])
-    samples, _ = sample_scaling(rollout, FakeVerifiers(), _problems(1), EvalPlan(parallel=2), cfg)
+    samples, _ = sample_scaling(rollout, FakeVerifiers(), _problems(1), ScalingPlan(2), cfg)
     assert samples.revised is None and [c[0] for c in rollout.calls] == ["first"]
 
 
-def _report_with_scaling(tmp_path: Path, plan: EvalPlan) -> tuple[dict, list[dict]]:
+def _report_with_scaling(tmp_path: Path, plan: ScalingPlan) -> tuple[dict, list[dict]]:
     cfg = load_config(CONF / "tiny.yaml", [f"output_dir={tmp_path}"])
     rollout = FakeRollout([["5", "7", "5", "oops"], ["7", "7", "7", "7"]])
     samples, _ = sample_scaling(rollout, FakeVerifiers(), _problems(2), plan, cfg)
@@ -148,7 +148,7 @@ def _report_with_scaling(tmp_path: Path, plan: EvalPlan) -> tuple[dict, list[dic
 
 
 def test_scaling_report_by_hand(tmp_path):
-    report, rows = _report_with_scaling(tmp_path, EvalPlan(parallel=4, sequential=True))
+    report, rows = _report_with_scaling(tmp_path, ScalingPlan(4, sequential=True))
     scaling = report["scaling"]
     assert scaling["budgets"] == [1, 2, 4] and scaling["schemes"] == ["parallel", "sequential"]
     curves = scaling["curves"]
@@ -167,7 +167,7 @@ def test_scaling_report_by_hand(tmp_path):
 
 
 def test_write_outputs_draws_both_plots_with_scaling(tmp_path):
-    report, rows = _report_with_scaling(tmp_path, EvalPlan(parallel=4, sequential=True))
+    report, rows = _report_with_scaling(tmp_path, ScalingPlan(4, sequential=True))
     write_outputs(tmp_path / "out", report, rows)
     for png in (TURNS_PNG, BUDGET_PNG):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
