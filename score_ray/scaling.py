@@ -17,6 +17,10 @@ Pure functions, no Ray and no model, so each formula is tested on hand-worked nu
     majority_at_budget(answers, rewards, size)   mean vote over disjoint groups of samples
     problem_curves(...)                          every curve's value on one problem
     scaling_summary(...)                         the curves' means with bootstrap CIs
+    curve(summary, scheme, kind), format_scaling(...)   one curve back; the terminal table
+
+`score_ray.eval_cli` draws the samples (`score-ray eval --parallel N [--attempts 2]`) and
+docs/evaluation_statistics.md explains each choice.
 """
 
 from __future__ import annotations
