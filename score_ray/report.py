@@ -325,7 +325,7 @@ def plot_budget(report: dict[str, Any], out: Path) -> None:
     plt = _pyplot()
     scaling = report["scaling"]
     curves = scaling["curves"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     # Sequential points sit a little right of the parallel ones, so overlapping CIs stay legible.
     styles = {
         PARALLEL: ("C0", "parallel (b samples)", 1.0),
@@ -348,7 +348,7 @@ def plot_budget(report: dict[str, Any], out: Path) -> None:
         )
         passes = curve(curves, scheme, "pass")
         ax.plot(
-            [b for b, _ in passes],
+            [b * shift for b, _ in passes],
             [e["value"] for _, e in passes],
             "--",
             color=color,
@@ -362,7 +362,7 @@ def plot_budget(report: dict[str, Any], out: Path) -> None:
     ax.set_xlabel("samples per problem (budget b)")
     ax.set_ylabel(f"accuracy (n = {report['n']})")
     ax.set_title(f"Inference-time scaling, T = {scaling['temperature']}, 95% CI")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
