@@ -331,25 +331,26 @@ def generate_and_score(
 def sample_scaling(
     rollout: Any, verifiers: Any, problems: list[Problem], plan: ScalingPlan, cfg: Config
 ) -> tuple[ScalingSamples, dict[str, float]]:
-    """The scaling samples through the training path: N first attempts per problem from
-    `RolloutGroup.sample_first_attempts` (as the offline pool draws them); for the sequential
-    plan, the first N/2 of each problem's are given to `RolloutGroup.generate` as first
-    attempts (as offline first attempts are in training), which adds one correction each.
-    Reusing them means both schemes vote on the same first attempts and the sequential
-    one costs N/2 generations, not N. All are scored in one VerifierPool call."""
-    seed = cfg.train.seed
-    firsts = rollout.sample_first_attempts(problems, plan.samples, seed)
-    texts = [[attempt.text for attempt in per_problem] for per_problem in firsts]
-    revised_texts = None
-    if plan.sequential:
-        chains = chains_for_budget(plan.samples)
-        given = [per_problem[:chains] for per_problem in firsts]
-        traces = rollout.generate(problems, chains, False, seed, first_attempts=given)
-        revised_texts = [
-            [trace.attempt2_text for trace in traces[i * chains : (i + 1) * chains]]
-            for i in range(len(problems))
-        ]
-    groups = texts + (revised_texts or [])
+    """The scaling samples, drawn in chunks of problems (`sample_texts`) with a progress bar
+    and then all scored in one VerifierPool call: the samples and the verifier fault counts.
+
+    Chunk c is seeded with train.seed + c * rollout.num_workers; the group adds the worker
+    index, so no two (chunk, worker) calls share a seed and no two problems share draws.
+    """
+    from tqdm import tqdm
+
+    workers = cfg.rollout.num_workers
+    chunk = EVAL_CHUNK_PER_WORKER * workers
+    texts: list[list[str]] = []
+    revised_texts: list[list[str]] = []
+    with tqdm(total=len(problems), desc=f"samples x{plan.samples}", unit="problem") as bar:
+        for number, start in enumerate(range(0, len(problems), chunk)):
+            part = problems[start : start + chunk]
+            firsts, revised = sample_texts(rollout, part, plan, cfg.train.seed + number * workers)
+            texts += firsts
+            revised_texts += revised or []
+            bar.update(len(part))
+    groups = texts + revised_texts
     items = [
         (problems[i % len(problems)], text) for i, group in enumerate(groups) for text in group
     ]
@@ -358,9 +359,36 @@ def sample_scaling(
     answer_format = cfg.prompts.answer_format
     first = as_samples(texts, scored[: len(problems)], answer_format)
     revised = None
-    if revised_texts is not None:
+    if plan.sequential:
         revised = as_samples(revised_texts, scored[len(problems) :], answer_format)
     return ScalingSamples(first, revised), stats.as_metrics()
+
+
+def sample_texts(
+    rollout: Any, problems: list[Problem], plan: ScalingPlan, seed: int
+) -> tuple[list[list[str]], list[list[str]] | None]:
+    """The texts of N first attempts per problem and, for the sequential plan, of the
+    corrections of the first N/2 of them, through the training path.
+
+    The first attempts come from `RolloutGroup.sample_first_attempts` (as the offline pool
+    draws them, at rollout.temperature). The first N/2 of each problem's are then given to
+    `RolloutGroup.generate` as first attempts (as offline first attempts are in training),
+    which adds one correction each at the attempt-2 temperature. Reusing them means both
+    schemes vote on the same first attempts, and the sequential one costs N/2 generations
+    more, not N.
+    """
+    firsts = rollout.sample_first_attempts(problems, plan.samples, seed)
+    texts = [[attempt.text for attempt in per_problem] for per_problem in firsts]
+    if not plan.sequential:
+        return texts, None
+    chains = chains_for_budget(plan.samples)
+    given = [per_problem[:chains] for per_problem in firsts]
+    traces = rollout.generate(problems, chains, False, seed, first_attempts=given)
+    revised = [
+        [trace.attempt2_text for trace in traces[i * chains : (i + 1) * chains]]
+        for i in range(len(problems))
+    ]
+    return texts, revised
 
 
 def unflatten(groups: list[list[Any]], flat: list[float]) -> list[list[float]]:

@@ -127,6 +127,23 @@ def test_sample_scaling_reuses_the_first_half_for_the_sequential_scheme(tmp_path
     assert stats == {"verify/errors": 1}
 
 
+def test_chunks_get_their_own_seeds_and_keep_the_problem_order(tmp_path, monkeypatch):
+    monkeypatch.setattr("score_ray.eval_cli.EVAL_CHUNK_PER_WORKER", 1)  # one problem a chunk
+    cfg = load_config(CONF / "tiny.yaml", [f"output_dir={tmp_path}", "train.seed=5"])
+
+    class PerProblem(FakeRollout):
+        def sample_first_attempts(self, problems, samples_per_prompt, seed):
+            self.calls.append(("first", samples_per_prompt, seed))
+            return [[Attempt([1], [0.0], _answer(p.uid))] * samples_per_prompt for p in problems]
+
+    rollout = PerProblem([])
+    samples, _ = sample_scaling(rollout, FakeVerifiers(), _problems(3), ScalingPlan(2, True), cfg)
+    # tiny.yaml has one rollout worker: chunk c is seeded 5 + c.
+    assert [call[-1] for call in rollout.calls] == [5, 5, 6, 6, 7, 7]
+    assert samples.first.answers == [["p0", "p0"], ["p1", "p1"], ["p2", "p2"]]
+    assert samples.revised.answers == [["7"], ["7"], ["7"]]
+
+
 def test_parallel_plan_samples_no_corrections(tmp_path):
     cfg = load_config(CONF / "tiny.yaml", [f"output_dir={tmp_path}"])
     rollout = FakeRollout([["7", "5"]])
