@@ -3,6 +3,7 @@
     score-ray train --config conf/tiny.yaml output_dir=/tmp/run learner.lr=1e-5
     score-ray train --resume /tmp/run          # continue from the newest checkpoint
     score-ray eval --config conf/default.yaml model.path=RUN_DIR output_dir=DIR [--attempts K]
+    score-ray eval ... --parallel 32 [--attempts 2]  # + majority vote, parallel vs sequential
     score-ray demo --config conf/demo.yaml --output-dir runs/demo   # eval, train, eval, report
     score-ray plan --config C [--cluster cluster/aws-gpu.yaml]   # dry run: layout, memory
     score-ray prepare-model [--which smollm2-135m-instruct|tiny-llama]

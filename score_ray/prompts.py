@@ -9,6 +9,10 @@ where `bridge` closes the assistant turn, adds the self-correction instruction
 as a user turn and opens the next assistant turn, all rendered by the model's
 own chat template. Splicing token ids (instead of re-rendering the whole chat
 as text) guarantees that the learner scores exactly the tokens the sampler saw.
+
+Attempt k+1 (evaluation with K attempts, `score_ray.evaluate.run_attempts`) is
+the same splice repeated: x1 + y1 + bridge + y2 + bridge + ... + y_k + bridge,
+which is the template's rendering of `conversation(question, [y1, ..., y_k])`.
 """
 
 from __future__ import annotations
@@ -45,6 +49,15 @@ class PromptBuilder:
         messages.append({"role": "user", "content": self._user_turn(question)})
         return messages
 
+    def conversation(self, question: str, attempts: list[str]) -> list[dict[str, str]]:
+        """The chat after `attempts` (assistant turns), each followed by the correction
+        instruction: what attempt len(attempts) + 1 is generated from."""
+        messages = self.first_messages(question)
+        for attempt in attempts:
+            messages.append({"role": "assistant", "content": attempt})
+            messages.append({"role": "user", "content": self.prompts.correction})
+        return messages
+
     def _user_turn(self, question: str) -> str:
         return self.prompts.attempt1.format(question=question)
 
@@ -66,13 +79,8 @@ class PromptBuilder:
         return max(len(self._bridge_after_stop), len(self._bridge_after_cutoff))
 
     def _bridge_text(self) -> str:
-        conversation = [
-            *self.first_messages("question"),
-            {"role": "assistant", "content": _SENTINEL},
-            {"role": "user", "content": self.prompts.correction},
-        ]
         rendered = self.tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False
+            self.conversation("question", [_SENTINEL]), add_generation_prompt=True, tokenize=False
         )
         if rendered.count(_SENTINEL) != 1:
             raise ValueError("chat template did not render the assistant turn verbatim")

@@ -15,6 +15,12 @@ Outputs (in the report folder):
     report.md                    tables and plots, readable on GitHub
     accuracy_per_attempt.png     Acc@t1, Acc@t2 (...) base vs trained, with 95% CIs
     reward_per_attempt.png       training reward of attempt 1 and 2 per step, both stages
+
+`score-ray eval` itself draws, beside its eval.json (`plot_turns`, `plot_budget`):
+
+    accuracy_per_turn.png        Acc@tk against k, with 95% CIs
+    accuracy_vs_budget.png       majority vote and pass@b against the sample budget, for
+                                 parallel and sequential sampling, with 95% CIs
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ from score_ray.evaluate import (
     mcnemar_exact,
     transpose,
 )
+from score_ray.scaling import PARALLEL, SEQUENTIAL, curve
 
 ACCURACY_PNG = "accuracy_per_attempt.png"
 REWARD_PNG = "reward_per_attempt.png"
 REPORT_MD = "report.md"
+TURNS_PNG = "accuracy_per_turn.png"
+BUDGET_PNG = "accuracy_vs_budget.png"
 PROBLEMS_JSONL = "eval_problems.jsonl"
 """Written beside eval.json by `score-ray eval`; the per-problem rewards of older evals."""
 MCNEMAR_LABEL = "McNemar p of Delta (i->c, c->i)"
@@ -288,6 +297,83 @@ def plot_rewards(steps: list[dict[str, Any]], evals: list[dict[str, Any]], out: 
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def plot_turns(report: dict[str, Any], out: Path) -> None:
+    """Greedy Acc@tk against the attempt k of one evaluation, with 95% CI whiskers."""
+    plt = _pyplot()
+    turns = [n for n in metric_names(report) if n.startswith("acc_t")]
+    ks = [int(n.removeprefix("acc_t")) for n in turns]
+    values = [report[n]["value"] for n in turns]
+    errors = ci_errors([report[n] for n in turns])
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.errorbar(ks, values, yerr=errors, fmt="-o", capsize=4)
+    for k, value in zip(ks, values, strict=True):
+        ax.annotate(f"{value:.3f}", (k, value), textcoords="offset points", xytext=(6, 4))
+    ax.set_xticks(ks)
+    ax.set_xlabel("attempt k (k >= 2: after the correction instruction)")
+    ax.set_ylabel(f"greedy Acc@tk (n = {report['n']})")
+    ax.set_title("Accuracy per turn, 95% CI")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_budget(report: dict[str, Any], out: Path) -> None:
+    """Majority-vote accuracy (solid, CI whiskers) and pass@b (dashed) against the sample budget
+    b for each scheme in eval.json's "scaling", and the greedy Acc@t1 for reference."""
+    plt = _pyplot()
+    scaling = report["scaling"]
+    curves = scaling["curves"]
+    fig, ax = plt.subplots(figsize=(8.5, 4))
+    # Sequential points sit a little right of the parallel ones, so overlapping CIs stay legible.
+    styles = {
+        PARALLEL: ("C0", "parallel (b samples)", 1.0),
+        SEQUENTIAL: ("C1", "sequential (b/2 x 2)", 1.04),
+    }
+    for scheme, (color, label, shift) in styles.items():
+        majority = curve(curves, scheme, "majority")
+        if not majority:
+            continue
+        budgets = [b * shift for b, _ in majority]
+        values = [e["value"] for _, e in majority]
+        ax.errorbar(
+            budgets,
+            values,
+            yerr=ci_errors([e for _, e in majority]),
+            fmt="-o",
+            color=color,
+            capsize=3,
+            label=f"{label}: majority vote",
+        )
+        passes = curve(curves, scheme, "pass")
+        ax.plot(
+            [b * shift for b, _ in passes],
+            [e["value"] for _, e in passes],
+            "--",
+            color=color,
+            alpha=0.6,
+            label=f"{label}: pass@b",
+        )
+    if "acc_t1" in report:
+        ax.axhline(report["acc_t1"]["value"], color="gray", ls=":", label="greedy Acc@t1")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(scaling["budgets"], [str(b) for b in scaling["budgets"]])
+    ax.set_xlabel("samples per problem (budget b)")
+    ax.set_ylabel(f"accuracy (n = {report['n']})")
+    ax.set_title(f"Inference-time scaling, T = {scaling['temperature']}, 95% CI")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def ci_errors(entries: list[dict[str, Any]]) -> list[list[float]]:
+    """matplotlib's yerr (below, above) from eval.json entries' values and CIs."""
+    return [
+        [max(0.0, e["value"] - e["ci"][0]) for e in entries],
+        [max(0.0, e["ci"][1] - e["value"]) for e in entries],
+    ]
 
 
 def _pyplot():

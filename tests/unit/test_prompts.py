@@ -36,6 +36,22 @@ def test_splice_equals_template_rendering(tokenizer):
     assert tokenizer.decode(spliced) == tokenizer.decode(_render(tokenizer, conversation))
 
 
+def test_repeated_bridges_equal_the_template_rendering_of_k_attempts(tokenizer):
+    """Attempt 4 of a K-attempt evaluation: the bridge spliced after every attempt (one of
+    them cut off at the token budget) renders as the whole 3-attempt conversation."""
+    builder = PromptBuilder(tokenizer, PromptConfig())
+    question = "What is 3 + 4?"
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    texts = ["3 + 4 = 8\n<answer>8</answer>", "Let me check: 3 + 4 = 7", "<answer>7</answer>"]
+    ended = [True, False, True]  # attempt 2 hit the token budget: no end-of-turn token
+    spliced = builder.first_prompt_ids(question)
+    for text, stop in zip(texts, ended, strict=True):
+        attempt = tokenizer.encode(text, add_special_tokens=False) + ([im_end] if stop else [])
+        spliced += attempt + builder.bridge_ids(attempt)
+    rendered = _render(tokenizer, builder.conversation(question, texts))
+    assert tokenizer.decode(spliced) == tokenizer.decode(rendered)
+
+
 def test_cut_off_attempt_gets_its_turn_closed(tokenizer):
     builder = PromptBuilder(tokenizer, PromptConfig())
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
