@@ -7,8 +7,10 @@ declared. A run's config is built by merging, in order:
 
 OmegaConf does the merge and rejects unknown keys and ill-typed values; our own
 ``validate`` then rejects values that are well-typed but meaningless (a negative
-learning rate, RLOO with one sample, a model folder that does not exist, ...).
-Every error names the offending key. The resolved config is saved as
+learning rate, RLOO with one sample, a model folder that does not exist, ...): each
+section's ``problems()`` method, beside its fields, checks that section's keys, and
+``cross_section_problems`` the rules that tie sections together. Every error names
+the offending key. The resolved config is saved as
 ``OUTPUT_DIR/config.yaml`` by the trainer.
 """
 
