@@ -7,13 +7,16 @@ declared. A run's config is built by merging, in order:
 
 OmegaConf does the merge and rejects unknown keys and ill-typed values; our own
 ``validate`` then rejects values that are well-typed but meaningless (a negative
-learning rate, RLOO with one sample, a model folder that does not exist, ...).
-Every error names the offending key. The resolved config is saved as
+learning rate, RLOO with one sample, a model folder that does not exist, ...): each
+section's ``problems()`` method, beside its fields, checks that section's keys, and
+``cross_section_problems`` the rules that tie sections together. Every error names
+the offending key. The resolved config is saved as
 ``OUTPUT_DIR/config.yaml`` by the trainer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -47,6 +50,41 @@ class ConfigError(ValueError):
     """A config that cannot run. The message names every offending key."""
 
 
+class _Checker:
+    """Collects "key: why" messages for one config section (`section` prefixes each key)."""
+
+    def __init__(self, section: str = "") -> None:
+        self.prefix = f"{section}." if section else ""
+        self.problems: list[str] = []
+
+    def fail(self, key: str, why: str) -> None:
+        """Record `key: why`."""
+        self.problems.append(f"{self.prefix}{key}: {why}")
+
+    def need(self, ok: bool, key: str, why: str) -> None:
+        """Record `key: why` unless `ok`."""
+        if not ok:
+            self.fail(key, why)
+
+    def choice(self, value: object, key: str, options: tuple) -> None:
+        self.need(value in options, key, f"must be one of {list(options)}, got {value!r}")
+
+    def at_least(self, value: float, key: str, low: float) -> None:
+        self.need(value >= low, key, f"must be >= {low}")
+
+    def positive(self, value: float, key: str) -> None:
+        self.need(value > 0, key, "must be > 0")
+
+    def actor_resources(
+        self, num_cpus: float, num_gpus: float, resources: dict[str, float]
+    ) -> None:
+        """The per-actor Ray resources of a role (rollout, learner)."""
+        self.at_least(num_cpus, "num_cpus", 0)
+        self.at_least(num_gpus, "num_gpus", 0)
+        for name, amount in resources.items():
+            self.positive(amount, f"resources.{name}")
+
+
 @dataclass
 class ModelConfig:
     path: str = EMBEDDED_MODEL
@@ -57,6 +95,15 @@ class ModelConfig:
     """Longest sequence (prompt + both attempts) any actor handles; longer prompts are dropped."""
     cache_dir: str = "~/.cache/score-ray"
     """Where prepared models (the converted GGUF, the tiny model) are cached."""
+
+    def problems(self) -> list[str]:
+        """One message per bad `model.*` key."""
+        check = _Checker("model")
+        check.choice(self.dtype, "dtype", DTYPES)
+        check.at_least(self.max_model_len, "max_model_len", 64)
+        path_problem = _check_model_path(self.path)
+        check.need(path_problem is None, "path", path_problem or "")
+        return check.problems
 
 
 @dataclass
@@ -84,6 +131,21 @@ class TaskConfig:
     evaluations use dev when it is set; the held-out split is only for reported numbers."""
     seed: int = 0
     """Seed for problem generation and the train/eval split."""
+
+    def problems(self) -> list[str]:
+        """One message per bad `task.*` key."""
+        check = _Checker("task")
+        check.at_least(self.dev_size, "dev_size", 0)
+        check.choice(self.source, "source", TASK_SOURCES)
+        check.at_least(self.train_size, "train_size", 1)
+        check.at_least(self.eval_size, "eval_size", 1)
+        if self.source in ("math_jsonl", "mbpp_jsonl"):
+            check.need(self.path is not None, "path", f"required when task.source={self.source}")
+        for key in ("path", "eval_path"):
+            value = getattr(self, key)
+            if value is not None:
+                check.need(Path(value).expanduser().is_file(), key, f"file not found: {value}")
+        return check.problems
 
 
 @dataclass
@@ -118,6 +180,18 @@ class PromptConfig:
     answer_format: str = "answer_tag"
     """Final-answer extraction: answer_tag (<answer>..</answer>), boxed (\\boxed{..}) or code (the
     last fenced python block; required by, and only valid for, code tasks)."""
+
+    def problems(self) -> list[str]:
+        """One message per bad `prompts.*` key."""
+        check = _Checker("prompts")
+        check.choice(self.answer_format, "answer_format", ANSWER_FORMATS)
+        check.need("{question}" in self.attempt1, "attempt1", "must contain {question}")
+        check.need(bool(self.correction.strip()), "correction", "must not be empty")
+        for index, example in enumerate(self.examples):
+            for name in ("question", "response"):
+                text = getattr(example, name)
+                check.need(bool(text.strip()), f"examples[{index}].{name}", "must not be empty")
+        return check.problems
 
 
 @dataclass
@@ -174,6 +248,30 @@ class RolloutConfig:
     num_workers = learner.world_size, tensor_parallel_size 1, num_gpus + learner.num_gpus <= 1).
     vLLM sleeps (weights to CPU, KV cache freed) while the learner trains."""
 
+    def problems(self) -> list[str]:
+        """One message per bad `rollout.*` key."""
+        check = _Checker("rollout")
+        check.choice(self.dtype, "dtype", DTYPES)
+        check.at_least(self.num_workers, "num_workers", 1)
+        check.at_least(self.tensor_parallel_size, "tensor_parallel_size", 1)
+        check.actor_resources(self.num_cpus, self.num_gpus, self.resources)
+        no_signal = "(at 0 every sample of a group is the same, so every advantage is 0)"
+        check.need(self.temperature > 0, "temperature", f"must be > 0 for training {no_signal}")
+        check.need(
+            self.attempt2_temperature is None or self.attempt2_temperature > 0,
+            "attempt2_temperature",
+            f"must be > 0 for training {no_signal}",
+        )
+        check.need(
+            self.top_p == 1.0,
+            "top_p",
+            f"must be 1.0, got {self.top_p}: the learner scores sampled tokens under the full "
+            "softmax at the sampling temperature, which a nucleus cut-off would make off-policy",
+        )
+        check.at_least(self.attempt2_samples, "attempt2_samples", 1)
+        check.at_least(self.max_new_tokens, "max_new_tokens", 1)
+        return check.problems
+
 
 @dataclass
 class VerifierConfig:
@@ -191,6 +289,17 @@ class VerifierConfig:
     """Code tasks: wall-clock (and CPU-second) limit per program; below `timeout_s`."""
     sandbox_memory_mb: int = 512
     """Code tasks: address-space limit per program, in MiB."""
+
+    def problems(self) -> list[str]:
+        """One message per bad `verifier.*` key."""
+        check = _Checker("verifier")
+        check.at_least(self.num_workers, "num_workers", 1)
+        check.positive(self.timeout_s, "timeout_s")
+        for name in ("chaos_raise_rate", "chaos_hang_rate"):
+            check.need(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]")
+        check.positive(self.sandbox_timeout_s, "sandbox_timeout_s")
+        check.at_least(self.sandbox_memory_mb, "sandbox_memory_mb", 64)
+        return check.problems
 
 
 @dataclass
@@ -227,6 +336,18 @@ class LearnerConfig:
     threads: int = 0
     """Torch threads per rank (0: cores of the node divided by the local world size)."""
 
+    def problems(self) -> list[str]:
+        """One message per bad `learner.*` key."""
+        check = _Checker("learner")
+        check.need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check.at_least(self.weight_decay, "weight_decay", 0)
+        check.at_least(self.grad_clip, "grad_clip", 0)
+        check.at_least(self.world_size, "world_size", 1)
+        check.at_least(self.micro_batch_size, "micro_batch_size", 1)
+        check.choice(self.zero_stage, "zero_stage", ZERO_STAGES)
+        check.actor_resources(self.num_cpus, self.num_gpus, self.resources)
+        return check.problems
+
 
 @dataclass
 class SyncConfig:
@@ -242,6 +363,14 @@ class SyncConfig:
     that dies or stops answering (a broadcast never returns on its own) fails the sync, naming
     the side, and the trainer rebuilds learner and rollout from the newest checkpoint. Not for
     object_store: there Ray reports a dead peer, and a dead rollout worker is replaced."""
+
+    def problems(self) -> list[str]:
+        """One message per bad `sync.*` key."""
+        check = _Checker("sync")
+        check.choice(self.transport, "transport", SYNC_TRANSPORTS)
+        check.at_least(self.bucket_mb, "bucket_mb", 1)
+        check.positive(self.timeout_s, "timeout_s")
+        return check.problems
 
 
 @dataclass
@@ -268,6 +397,25 @@ class AlgoConfig:
     single_turn: bool = False
     """Ablation 'single-turn RL' (paper Table 4): every step trains attempt 1 only (reward r1,
     KL beta1); attempt 2 is sampled and scored but gets no loss."""
+
+    def problems(self) -> list[str]:
+        """One message per bad `algo.*` key."""
+        check = _Checker("algo")
+        for name in ("alpha", "beta1", "beta2"):
+            value = getattr(self, name)
+            check.need(value >= 0, name, f"must be >= 0, got {value}")
+        if self.kl_estimator == "k1":  # named apart: the generic "one of" would not say why
+            check.fail(
+                "kl_estimator",
+                "k1 cannot be a loss: its expected gradient is zero, so it would silently remove "
+                "the KL anchor (Stage I's beta2 pin included); use k2 (gradient of "
+                "KL(pi || pi_ref)) or k3",
+            )
+        else:
+            check.choice(self.kl_estimator, "kl_estimator", KL_ESTIMATORS)
+        check.choice(self.credit, "credit", CREDITS)
+        check.need(0 <= self.gamma <= 1, "gamma", f"must be in [0, 1], got {self.gamma}")
+        return check.problems
 
 
 @dataclass
@@ -307,6 +455,29 @@ class TrainConfig:
     """Training problems in the offline first-attempt pool (samples_per_prompt first attempts
     each, at the attempt-1 temperature)."""
 
+    def problems(self) -> list[str]:
+        """One message per bad `train.*` key."""
+        check = _Checker("train")
+        check.need(
+            self.samples_per_prompt >= 2,
+            "samples_per_prompt",
+            f"RLOO needs at least 2 samples per prompt, got {self.samples_per_prompt}",
+        )
+        check.at_least(self.prompts_per_step, "prompts_per_step", 1)
+        counts = ("stage1_steps", "stage2_steps", "eval_every", "eval_max_problems")
+        for name in (*counts, "checkpoint_every"):
+            check.at_least(getattr(self, name), name, 0)
+        check.at_least(self.keep_checkpoints, "keep_checkpoints", 1)
+        if self.checkpoint_uri is not None:
+            uri_problem = checkpoint_uri_problem(self.checkpoint_uri)
+            check.need(uri_problem is None, "checkpoint_uri", uri_problem or "")
+        fraction = self.offline_attempt1_fraction
+        check.need(
+            0 <= fraction <= 1, "offline_attempt1_fraction", f"must be in [0, 1], got {fraction}"
+        )
+        check.at_least(self.offline_pool_size, "offline_pool_size", 1)
+        return check.problems
+
 
 @dataclass
 class Config:
@@ -327,6 +498,23 @@ class Config:
     """How long to wait for the cluster to reserve the actors' resources before failing."""
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig())
     """Experiment tracking (the section is defined at the end of this file)."""
+
+    def problems(self) -> list[str]:
+        """Every problem of the config: each section's, the top-level keys', then those across
+        sections."""
+        sections = [getattr(self, item.name) for item in dataclasses.fields(self)]
+        check = _Checker()
+        for section in sections:
+            if dataclasses.is_dataclass(section):
+                check.problems += section.problems()
+        check.need(
+            uri_scheme(self.output_dir) is None,
+            "output_dir",
+            f"must be a local folder (metrics, config.yaml, final/), got {self.output_dir!r}; put "
+            "checkpoints on object storage with train.checkpoint_uri",
+        )
+        check.positive(self.placement_timeout_s, "placement_timeout_s")
+        return check.problems + cross_section_problems(self)
 
     @property
     def traces_per_step(self) -> int:
@@ -400,179 +588,68 @@ def to_yaml(cfg: Config) -> str:
 
 
 def validate(cfg: Config) -> None:
-    """Reject well-typed but meaningless values, naming every bad key at once."""
-    problems: list[str] = []
+    """Reject well-typed but meaningless values, naming every bad key at once.
 
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            problems.append(f"{key}: {why}")
+    Each section checks its own keys in its `problems()` method, beside its fields;
+    `cross_section_problems` holds the checks that read keys of several sections."""
+    problems = cfg.problems()
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
-    def choice(value: object, key: str, options: tuple) -> None:
-        need(value in options, key, f"must be one of {list(options)}, got {value!r}")
 
-    need(cfg.learner.lr > 0, "learner.lr", f"must be > 0, got {cfg.learner.lr}")
-    need(cfg.learner.weight_decay >= 0, "learner.weight_decay", "must be >= 0")
-    need(cfg.learner.grad_clip >= 0, "learner.grad_clip", "must be >= 0")
-    need(cfg.learner.world_size >= 1, "learner.world_size", "must be >= 1")
-    need(cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size", "must be >= 1")
-    choice(cfg.learner.zero_stage, "learner.zero_stage", ZERO_STAGES)
-    for name in ("alpha", "beta1", "beta2"):
-        value = getattr(cfg.algo, name)
-        need(value >= 0, f"algo.{name}", f"must be >= 0, got {value}")
-    need(
-        cfg.algo.kl_estimator != "k1",
-        "algo.kl_estimator",
-        "k1 cannot be a loss: its expected gradient is zero, so it would silently remove the KL "
-        "anchor (Stage I's beta2 pin included); use k2 (gradient of KL(pi || pi_ref)) or k3",
-    )
-    if cfg.algo.kl_estimator != "k1":
-        choice(cfg.algo.kl_estimator, "algo.kl_estimator", KL_ESTIMATORS)
-    choice(cfg.algo.credit, "algo.credit", CREDITS)
-    need(0 <= cfg.algo.gamma <= 1, "algo.gamma", f"must be in [0, 1], got {cfg.algo.gamma}")
-    need(
-        cfg.train.samples_per_prompt >= 2,
-        "train.samples_per_prompt",
-        f"RLOO needs at least 2 samples per prompt, got {cfg.train.samples_per_prompt}",
-    )
-    need(cfg.train.prompts_per_step >= 1, "train.prompts_per_step", "must be >= 1")
-    need(cfg.train.stage1_steps >= 0, "train.stage1_steps", "must be >= 0")
-    need(cfg.train.stage2_steps >= 0, "train.stage2_steps", "must be >= 0")
-    need(cfg.train.eval_every >= 0, "train.eval_every", "must be >= 0")
-    need(cfg.train.eval_max_problems >= 0, "train.eval_max_problems", "must be >= 0")
-    need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
-    need(cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
-    if cfg.train.checkpoint_uri is not None:
-        uri_problem = checkpoint_uri_problem(cfg.train.checkpoint_uri)
-        need(uri_problem is None, "train.checkpoint_uri", uri_problem or "")
-    need(
-        uri_scheme(cfg.output_dir) is None,
-        "output_dir",
-        f"must be a local folder (metrics, config.yaml, final/), got {cfg.output_dir!r}; put "
-        "checkpoints on object storage with train.checkpoint_uri",
-    )
+def cross_section_problems(cfg: Config) -> list[str]:
+    """The checks that read keys of more than one section (each names the key to change)."""
+    check = _Checker()
     per_update = cfg.learner.world_size * cfg.learner.micro_batch_size
-    need(
-        cfg.traces_per_step % per_update == 0,
+    check.need(
+        per_update < 1 or cfg.traces_per_step % per_update == 0,  # < 1: learner's own error
         "train.prompts_per_step",
         f"prompts_per_step * samples_per_prompt * rollout.attempt2_samples = "
         f"{cfg.traces_per_step} traces must split evenly into learner.world_size * "
         f"learner.micro_batch_size = {per_update}",
     )
-    fraction = cfg.train.offline_attempt1_fraction
-    need(
-        0 <= fraction <= 1, "train.offline_attempt1_fraction", f"must be in [0, 1], got {fraction}"
-    )
-    need(cfg.train.offline_pool_size >= 1, "train.offline_pool_size", "must be >= 1")
-    need(cfg.task.dev_size >= 0, "task.dev_size", "must be >= 0")
-    low_precision = cfg.model.dtype in ("bfloat16", "float16")
-    need(
-        not low_precision or cfg.learner.num_gpus > 0,
+    check.need(
+        cfg.model.dtype not in ("bfloat16", "float16") or cfg.learner.num_gpus > 0,
         "model.dtype",
         f"{cfg.model.dtype} needs a GPU learner (learner.num_gpus > 0), where DeepSpeed keeps fp32 "
         "master weights; on CPU AdamW would update the low-precision weights directly (at lr "
         "5e-6 most bf16 weights never change). Use float32 on CPU",
     )
-    choice(cfg.model.dtype, "model.dtype", DTYPES)
-    choice(cfg.rollout.dtype, "rollout.dtype", DTYPES)
-    need(cfg.model.max_model_len >= 64, "model.max_model_len", "must be >= 64")
-    need(cfg.rollout.num_workers >= 1, "rollout.num_workers", "must be >= 1")
-    need(cfg.rollout.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
-    for role in ("rollout", "learner"):
-        section = getattr(cfg, role)
-        need(section.num_cpus >= 0, f"{role}.num_cpus", "must be >= 0")
-        need(section.num_gpus >= 0, f"{role}.num_gpus", "must be >= 0")
-        for name, amount in section.resources.items():
-            need(amount > 0, f"{role}.resources.{name}", "must be > 0")
-    need(cfg.placement_timeout_s > 0, "placement_timeout_s", "must be > 0")
-    choice(cfg.sync.transport, "sync.transport", SYNC_TRANSPORTS)
-    need(cfg.sync.bucket_mb >= 1, "sync.bucket_mb", "must be >= 1")
-    need(cfg.sync.timeout_s > 0, "sync.timeout_s", "must be > 0")
-    _check_sync(cfg, need)
-    no_signal = "(at 0 every sample of a group is the same, so every advantage is 0)"
-    need(
-        cfg.rollout.temperature > 0, "rollout.temperature", f"must be > 0 for training {no_signal}"
-    )
-    temperature2 = cfg.rollout.attempt2_temperature
-    need(
-        temperature2 is None or temperature2 > 0,
-        "rollout.attempt2_temperature",
-        f"must be > 0 for training {no_signal}",
-    )
-    need(
-        cfg.rollout.top_p == 1.0,
-        "rollout.top_p",
-        f"must be 1.0, got {cfg.rollout.top_p}: the learner scores sampled tokens under the full "
-        "softmax at the sampling temperature, which a nucleus cut-off would make off-policy",
-    )
-    need(cfg.rollout.attempt2_samples >= 1, "rollout.attempt2_samples", "must be >= 1")
-    need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
-    need(
+    check.need(
         2 * cfg.rollout.max_new_tokens < cfg.model.max_model_len,
         "rollout.max_new_tokens",
         "two attempts must fit in model.max_model_len",
     )
-    need(cfg.verifier.num_workers >= 1, "verifier.num_workers", "must be >= 1")
-    need(cfg.verifier.timeout_s > 0, "verifier.timeout_s", "must be > 0")
-    for name in ("chaos_raise_rate", "chaos_hang_rate"):
-        value = getattr(cfg.verifier, name)
-        need(0 <= value <= 1, f"verifier.{name}", "must be in [0, 1]")
-    need(cfg.verifier.sandbox_timeout_s > 0, "verifier.sandbox_timeout_s", "must be > 0")
-    if cfg.task.source in CODE_TASK_SOURCES:
-        need(
-            cfg.verifier.sandbox_timeout_s < cfg.verifier.timeout_s,
-            "verifier.sandbox_timeout_s",
-            "must be below verifier.timeout_s for code tasks (else the pool kills the verifier "
-            "while its program runs)",
-        )
-    need(cfg.verifier.sandbox_memory_mb >= 64, "verifier.sandbox_memory_mb", "must be >= 64")
-    choice(cfg.task.source, "task.source", TASK_SOURCES)
-    need(cfg.task.train_size >= 1, "task.train_size", "must be >= 1")
-    need(cfg.task.eval_size >= 1, "task.eval_size", "must be >= 1")
-    if cfg.task.source in ("math_jsonl", "mbpp_jsonl"):
-        why = f"required when task.source={cfg.task.source}"
-        need(cfg.task.path is not None, "task.path", why)
-    for key in ("path", "eval_path"):
-        value = getattr(cfg.task, key)
-        if value is not None:
-            need(Path(value).expanduser().is_file(), f"task.{key}", f"file not found: {value}")
-    choice(cfg.prompts.answer_format, "prompts.answer_format", ANSWER_FORMATS)
     is_code = cfg.task.source in CODE_TASK_SOURCES
-    need(
+    check.need(
+        not is_code or cfg.verifier.sandbox_timeout_s < cfg.verifier.timeout_s,
+        "verifier.sandbox_timeout_s",
+        "must be below verifier.timeout_s for code tasks (else the pool kills the verifier "
+        "while its program runs)",
+    )
+    check.need(
         is_code == (cfg.prompts.answer_format == "code"),
         "prompts.answer_format",
         f"must be 'code' exactly when task.source is one of {list(CODE_TASK_SOURCES)}",
     )
-    need("{question}" in cfg.prompts.attempt1, "prompts.attempt1", "must contain {question}")
-    need(bool(cfg.prompts.correction.strip()), "prompts.correction", "must not be empty")
-    for index, example in enumerate(cfg.prompts.examples):
-        for name in ("question", "response"):
-            need(
-                bool(getattr(example, name).strip()),
-                f"prompts.examples[{index}].{name}",
-                "must not be empty",
-            )
-    model_problem = _check_model_path(cfg.model.path)
-    if model_problem:
-        problems.append(f"model.path: {model_problem}")
-    problems += logging_problems(cfg.logging)
-    if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    _check_sync(cfg, check)
+    return check.problems
 
 
-def _check_sync(cfg: Config, need: Any) -> None:
+def _check_sync(cfg: Config, check: _Checker) -> None:
     """GPU transports and colocation need GPUs on both sides (and colocation a 1:1 layout)."""
     transport, rollout, learner = cfg.sync.transport, cfg.rollout, cfg.learner
     on_gpus = rollout.num_gpus > 0 and learner.num_gpus > 0
     no_gpus = "needs GPUs on both sides (rollout.num_gpus > 0 and learner.num_gpus > 0)"
-    need(
+    check.need(
         transport not in ("nccl", "cuda_ipc") or on_gpus, "sync.transport", f"{transport} {no_gpus}"
     )
-    need(
+    check.need(
         transport != "cuda_ipc" or rollout.colocate_with_learner,
         "sync.transport",
         "cuda_ipc shares memory on one GPU: it needs rollout.colocate_with_learner=true",
     )
-    need(
+    check.need(
         transport != "nccl" or not rollout.colocate_with_learner,
         "sync.transport",
         "nccl cannot put two ranks on one GPU; colocated rollout uses cuda_ipc (or auto)",
@@ -580,15 +657,15 @@ def _check_sync(cfg: Config, need: Any) -> None:
     if not rollout.colocate_with_learner:
         return
     key = "rollout.colocate_with_learner"
-    need(on_gpus, key, f"is GPU only: it {no_gpus}")
-    need(
+    check.need(on_gpus, key, f"is GPU only: it {no_gpus}")
+    check.need(
         rollout.num_workers == learner.world_size,
         key,
         f"needs rollout.num_workers ({rollout.num_workers}) == learner.world_size "
         f"({learner.world_size}): one rollout actor per learner GPU",
     )
-    need(rollout.tensor_parallel_size == 1, key, "needs rollout.tensor_parallel_size=1")
-    need(
+    check.need(rollout.tensor_parallel_size == 1, key, "needs rollout.tensor_parallel_size=1")
+    check.need(
         rollout.num_gpus + learner.num_gpus <= 1 + 1e-9,
         key,
         f"rollout.num_gpus + learner.num_gpus must be <= 1 (they share one GPU, e.g. 0.5 each), "
@@ -626,8 +703,6 @@ def field_docs() -> dict[tuple[str, str], str]:
 
 def markdown_reference() -> str:
     """The README's table of every config key, its default and its meaning."""
-    import dataclasses
-
     docs = field_docs()
     rows = ["| key | default | meaning |", "|---|---|---|"]
 
@@ -670,27 +745,27 @@ class LoggingConfig:
     """MLflow tracking URI (None: MLFLOW_TRACKING_URI if set, else a file store in
     OUTPUT_DIR/mlruns)."""
 
+    def problems(self) -> list[str]:
+        """One message per bad `logging.*` key."""
+        import importlib.util
 
-def logging_problems(section: LoggingConfig) -> list[str]:
-    """What is wrong with the `logging` section, one message per bad key."""
-    import importlib.util
-
-    problems = []
-    for name in section.backends:
-        if name not in TRACKING_BACKENDS:
-            problems.append(
-                f"logging.backends: unknown backend {name!r}; known: {list(TRACKING_BACKENDS)}"
-            )
-        elif importlib.util.find_spec(_TRACKING_PACKAGES[name]) is None:
-            problems.append(
-                f"logging.backends: {name} needs the `{_TRACKING_PACKAGES[name]}` package "
-                "(pip install -e '.[tracking]')"
-            )
-    if len(set(section.backends)) != len(section.backends):
-        problems.append(f"logging.backends: listed twice in {section.backends}")
-    if not section.project.strip():
-        problems.append("logging.project: must not be empty")
-    return problems
+        check = _Checker("logging")
+        for name in self.backends:
+            package = _TRACKING_PACKAGES.get(name)
+            if package is None:
+                check.fail(
+                    "backends", f"unknown backend {name!r}; known: {list(TRACKING_BACKENDS)}"
+                )
+            elif importlib.util.find_spec(package) is None:
+                why = f"{name} needs the `{package}` package (pip install -e '.[tracking]')"
+                check.fail("backends", why)
+        check.need(
+            len(set(self.backends)) == len(self.backends),
+            "backends",
+            f"listed twice in {self.backends}",
+        )
+        check.need(bool(self.project.strip()), "project", "must not be empty")
+        return check.problems
 
 
 if __name__ == "__main__":

@@ -1,22 +1,22 @@
 """Resource layout: what each actor role needs, whether the cluster can hold it, and
 the placement groups that reserve it.
 
-`layout(cfg)` turns the config into per-role demands (CPUs, GPUs, custom
-resources per actor). `check_fits` compares them with the nodes' capacities and
-fails at once, naming the role and the missing resource, when no node can hold
-an actor or the cluster's totals fall short: Ray would otherwise leave the actor
-pending forever. `reserve` then creates one placement group per role and waits
-for it with a deadline, so a layout the cluster cannot satisfy right now also
-fails in seconds instead of hanging. With `rollout.colocate_with_learner`, rollout
-actor i and learner rank i share bundle i of one group ("rollout+learner"): one
-GPU, their fractional GPU requests adding up to at most 1.
+`layout(cfg)` turns the config into per-role demands (CPUs, GPUs, custom resources
+per actor). `check_fits` compares them with the nodes' capacities and fails at once,
+naming the role, the missing resource and the config keys that set it, when no node
+can hold an actor or the cluster's totals fall short: Ray would otherwise leave the
+actor pending forever. `reserve` then creates one placement group per role and waits
+for it with a deadline, so a layout the cluster cannot satisfy right now also fails
+in seconds instead of hanging. With `rollout.colocate_with_learner`, rollout actor i
+and learner rank i share bundle i of one group ("rollout+learner"): one GPU, their
+fractional GPU requests adding up to at most 1.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from score_ray.config import Config
@@ -50,6 +50,17 @@ class RoleDemand:
     bundle: dict[str, float]
     """Resources of one actor of this role (Ray resource names: CPU, GPU, custom)."""
     strategy: str = "PACK"
+    count_key: str = ""
+    """The config key that sets `count`; layout errors name it, so the user knows what to lower."""
+    amount_keys: dict[str, str] = field(default_factory=dict)
+    """Resource name -> the config key(s) that set one actor's amount of it (for layout errors)."""
+
+    def share(self, resource: str) -> str:
+        """This role's share of `resource` by config key, e.g.
+        "rollout.num_workers x rollout.num_cpus (2 x 1)" (role names where keys are unknown)."""
+        count_key = self.count_key or f"{self.role} actors"
+        amount_key = self.amount_keys.get(resource, f"{resource} per actor")
+        return f"{count_key} x {amount_key} ({self.count} x {self.bundle[resource]:g})"
 
 
 def _bundle(cpus: float, gpus: float, custom: dict[str, float]) -> dict[str, float]:
@@ -63,18 +74,55 @@ def _bundle(cpus: float, gpus: float, custom: dict[str, float]) -> dict[str, flo
 def layout(cfg: Config) -> list[RoleDemand]:
     """The actors a run starts, by role."""
     rollout_gpus = cfg.rollout.num_gpus * cfg.rollout.tensor_parallel_size
-    rollout = _bundle(cfg.rollout.num_cpus, rollout_gpus, cfg.rollout.resources)
-    learner = _bundle(cfg.learner.num_cpus, cfg.learner.num_gpus, cfg.learner.resources)
-    if cfg.rollout.colocate_with_learner:
-        shared = Counter(rollout) + Counter(learner)
-        actors = [RoleDemand("rollout+learner", cfg.learner.world_size, dict(shared))]
-    else:
-        actors = [
-            RoleDemand("rollout", cfg.rollout.num_workers, rollout),
-            RoleDemand("learner", cfg.learner.world_size, learner),
-        ]
-    verifier = _bundle(cfg.verifier.num_cpus, 0, {})
-    return [*actors, RoleDemand("verifier", cfg.verifier.num_workers, verifier)]
+    rollout = _demand(
+        "rollout",
+        cfg.rollout,
+        count=(cfg.rollout.num_workers, "rollout.num_workers"),
+        gpus=(rollout_gpus, "rollout.num_gpus x rollout.tensor_parallel_size"),
+    )
+    learner = _demand(
+        "learner",
+        cfg.learner,
+        count=(cfg.learner.world_size, "learner.world_size"),
+        gpus=(cfg.learner.num_gpus, "learner.num_gpus"),
+    )
+    actors = (
+        [_colocated(rollout, learner)] if cfg.rollout.colocate_with_learner else [rollout, learner]
+    )
+    verifier = RoleDemand(
+        "verifier",
+        cfg.verifier.num_workers,
+        _bundle(cfg.verifier.num_cpus, 0, {}),
+        count_key="verifier.num_workers",
+        amount_keys={"CPU": "verifier.num_cpus"},
+    )
+    return [*actors, verifier]
+
+
+def _demand(role: str, section: Any, count: tuple[int, str], gpus: tuple[float, str]) -> RoleDemand:
+    """The rollout or learner role from its config section; `count` and `gpus` (per actor) are
+    each a value and the config key(s) that set it."""
+    keys = {"CPU": f"{role}.num_cpus", "GPU": gpus[1]}
+    keys.update({name: f"{role}.resources.{name}" for name in section.resources})
+    bundle = _bundle(section.num_cpus, gpus[0], section.resources)
+    return RoleDemand(role, count[0], bundle, count_key=count[1], amount_keys=keys)
+
+
+def _colocated(rollout: RoleDemand, learner: RoleDemand) -> RoleDemand:
+    """Rollout actor i and learner rank i in one bundle (one GPU): their resources add up."""
+    shared = Counter(rollout.bundle) + Counter(learner.bundle)
+
+    def keys_of(name: str) -> str:
+        return " + ".join(d.amount_keys[name] for d in (rollout, learner) if name in d.bundle)
+
+    keys = {name: f"({keys_of(name)})" for name in shared}
+    return RoleDemand(
+        "rollout+learner",
+        learner.count,
+        dict(shared),
+        count_key=learner.count_key,
+        amount_keys=keys,
+    )
 
 
 def check_fits(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> None:
@@ -92,9 +140,11 @@ def layout_problems(demands: list[RoleDemand], nodes: list[dict[str, float]]) ->
     for demand in demands:
         if demand.count and not any(fits(demand.bundle, node) for node in nodes):
             best = {k: max(node.get(k, 0.0) for node in nodes) for k in demand.bundle}
+            too_big = [k for k, amount in demand.bundle.items() if amount > best[k] + 1e-9]
+            keys = [demand.amount_keys[k] for k in too_big if k in demand.amount_keys]
             problems.append(
                 f"{demand.role}: one actor needs {demand.bundle}, but no node has that "
-                f"(largest per node: {best})"
+                f"(largest per node: {best})" + (f"; lower {', '.join(keys)}" if keys else "")
             )
     needed = totals(demands)
     total: Counter[str] = Counter()
@@ -102,10 +152,12 @@ def layout_problems(demands: list[RoleDemand], nodes: list[dict[str, float]]) ->
         total.update(node)
     for name, amount in sorted(needed.items()):
         if amount > total.get(name, 0.0) + 1e-9:
-            roles = [d.role for d in demands if d.bundle.get(name) and d.count]
+            users = [d for d in demands if d.bundle.get(name) and d.count]
             problems.append(
-                f"{name}: the layout needs {amount:g} ({', '.join(roles)}), "
-                f"the cluster has {total.get(name, 0.0):g}"
+                f"{name}: the layout needs {amount:g} ({', '.join(d.role for d in users)}), "
+                f"the cluster has {total.get(name, 0.0):g}: "
+                f"{' + '.join(d.share(name) for d in users)}; lower one of these keys, or give "
+                "the cluster more"
             )
     return problems
 

@@ -142,7 +142,9 @@ def ray_head() -> Iterator[Head]:
         RAY, "start", "--head",
         f"--port={gcs_port}",
         "--node-ip-address=127.0.0.1",
-        "--num-cpus=4",
+        # What a plain `ray start --head` advertises on a 2-core machine: conf/tiny.yaml
+        # must fit it (docs/cluster.md, "A local Ray head").
+        "--num-cpus=2",
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",

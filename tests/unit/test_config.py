@@ -72,6 +72,9 @@ def test_ill_typed_value_is_named():
         ("rollout.attempt2_samples=0", "rollout.attempt2_samples"),
         ("train.offline_attempt1_fraction=1.5", "train.offline_attempt1_fraction"),
         ("task.dev_size=-1", "task.dev_size"),
+        # used to divide by zero in the batch-split check instead of naming the key
+        ("learner.world_size=0", "learner.world_size"),
+        ("learner.micro_batch_size=0", "learner.micro_batch_size"),
     ],
 )
 def test_invalid_values_are_rejected_with_key(override, key):

@@ -89,3 +89,36 @@ def test_torch_threads_split_the_node_among_actors_unless_set(monkeypatch):
     assert torch_threads(0, 3) == 2
     assert torch_threads(0, 16) == 1  # more actors than cores: one each
     assert torch_threads(3, 2) == 3  # an explicit setting wins
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo", "default"])
+def test_small_configs_fit_a_default_two_cpu_head(name):
+    """`ray start --head` on a 2-core machine advertises 2 CPUs (issue 17, item 7)."""
+    from pathlib import Path
+
+    from score_ray.config import load_config
+    from score_ray.placement import layout
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    check_fits(layout(load_config(conf / f"{name}.yaml")), [{"CPU": 2.0, "memory": 1e10}])
+
+
+def test_shortfall_names_the_config_keys_to_lower():
+    from score_ray.config import load_config
+    from score_ray.placement import layout
+
+    cfg = load_config(None, ["verifier.num_workers=1"])  # 1 + 1 + 0.25 CPUs
+    with pytest.raises(LayoutError) as err:
+        check_fits(layout(cfg), [{"CPU": 2.0}])
+    assert (
+        "CPU: the layout needs 2.25 (rollout, learner, verifier), the cluster has 2: "
+        "rollout.num_workers x rollout.num_cpus (1 x 1) + learner.world_size x learner.num_cpus "
+        "(1 x 1) + verifier.num_workers x verifier.num_cpus (1 x 0.25); lower one of these keys"
+    ) in str(err.value)
+    big = load_config(
+        None, ["rollout.num_gpus=1", "learner.num_gpus=1", "rollout.tensor_parallel_size=2"]
+    )
+    with pytest.raises(
+        LayoutError, match=r"lower rollout\.num_gpus x rollout\.tensor_parallel_size"
+    ):
+        check_fits(layout(big)[:1], [{"CPU": 8.0, "GPU": 1.0}])
