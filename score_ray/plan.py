@@ -39,7 +39,15 @@ from score_ray.cluster_spec import NodeType, local_node_type, read_cluster, with
 from score_ray.config import CODE_TASK_SOURCES, Config, load_config
 from score_ray.launch import add_config_arguments, local_cpus
 from score_ray.model_facts import ModelFacts, model_facts
-from score_ray.placement import LayoutError, RoleDemand, fits, layout, layout_problems, totals
+from score_ray.placement import (
+    LayoutError,
+    RoleDemand,
+    fits,
+    gpu_layout_problems,
+    layout,
+    layout_problems,
+    totals,
+)
 from score_ray.transport import choose_transport
 
 GIB = 2**30
@@ -257,7 +265,8 @@ def make_plan(cfg: Config, node_types: list[NodeType], facts: ModelFacts) -> Pla
     demands = layout(cfg)
     # The check a run makes against the live cluster (placement.check_fits), on every node
     # the cluster file allows.
-    problems = layout_problems(demands, [node for t in node_types for node in t.nodes()])
+    problems = gpu_layout_problems(cfg)  # GPU shares NCCL rejects (placement.reserve checks too)
+    problems += layout_problems(demands, [node for t in node_types for node in t.nodes()])
     rollout_gpu = gpu_memory_for(role_bundle(demands, "rollout"), node_types)
     estimates = [
         rollout_estimate(cfg, facts, rollout_gpu),
