@@ -153,7 +153,25 @@ class Learner:
         )
 
     def train_step(self, shard: LearnerShard, stage: int) -> dict[str, float]:
-        """One optimizer step: micro-batches with gradient accumulation, then step."""
+        """One optimizer step (`_train_step`), then hand the GPU memory it no longer needs
+        back to the driver (`free_gpu_cache`): a colocated vLLM wakes up next."""
+        try:
+            return self._train_step(shard, stage)
+        finally:
+            self.free_gpu_cache()
+
+    def free_gpu_cache(self) -> None:
+        """Return PyTorch's cached, unused GPU blocks to the driver.
+
+        The caching allocator keeps the step's peak (activations, logits, gathered ZeRO-3
+        parameters) reserved after the tensors are gone. No other process can use that
+        memory, and a colocated vLLM's wake-up maps its whole budget back into it, so
+        without this a wake-up can run out of memory that the learner is not using."""
+        if self.on_gpu:
+            torch.cuda.empty_cache()
+
+    def _train_step(self, shard: LearnerShard, stage: int) -> dict[str, float]:
+        """Micro-batches with gradient accumulation, then the optimizer step."""
         cfg = self.cfg
         kl_coef1, kl_coef2 = attempt_kl_coefficients(
             stage, cfg.algo.beta1, cfg.algo.beta2, cfg.algo.single_turn
@@ -323,8 +341,10 @@ class Learner:
         return self.transport.send(named, version)
 
     def release_weights(self) -> None:
-        """After the rollout workers loaded a sync: free what the transport kept (cuda_ipc)."""
+        """After the rollout workers loaded a sync: free what the transport kept (cuda_ipc:
+        the exported copy) and return it to the driver, before vLLM maps its KV cache."""
         self.transport.release()
+        self.free_gpu_cache()
 
     def save_checkpoint(self, directory: str) -> None:
         """Model, optimizer and scheduler state of this rank (collective: all ranks). To a
