@@ -13,7 +13,16 @@ import torch
 import score_ray.trainer as trainer_module
 from score_ray.config import load_config
 from score_ray.gpu_release import GpuNotReleasedError, release_probes, wait_until_free
-from score_ray.learner.actor import Learner
+from score_ray.learner.actor import (
+    REFERENCE_OFFLOADED,
+    REFERENCE_RESIDENT,
+    REFERENCE_SHARDED,
+    Learner,
+    deepspeed_config,
+    reference_bytes,
+    reference_deepspeed_config,
+    reference_placement,
+)
 from score_ray.rollout.sleep import KV_CACHE, WEIGHTS, EngineAsleepError, SleepState
 from score_ray.rollout.worker import RolloutWorker
 from score_ray.sync import sync_weights
@@ -183,9 +192,14 @@ def test_sync_weights_is_what_the_order_test_drives():
 # -- The learner hands cached GPU memory back ---------------
 
 
-def _learner(monkeypatch, events: list, on_gpu: bool = True) -> Learner:
+def _learner(
+    monkeypatch, events: list, on_gpu: bool = True, placement: str = REFERENCE_RESIDENT
+) -> Learner:
     learner = object.__new__(Learner)
     learner.on_gpu = on_gpu
+    learner.engine = SimpleNamespace(device="cuda:0")
+    learner.reference_placement = placement
+    learner.reference = SimpleNamespace(to=lambda device: events.append(f"reference to {device}"))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("empty_cache"))
     return learner
 
@@ -312,3 +326,54 @@ def test_recovery_restarts_engines_only_after_the_gpus_are_free(monkeypatch, ove
     wakes = [c[1:] for c in calls if c[0] == "rollout.wake_up"]
     if "wait_for_gpu_release" not in expected:
         assert wakes == [([WEIGHTS],), ()]  # weights before the sync, the rest after
+
+
+# -- Where the reference model lives ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "on_gpu", "expected"),
+    [
+        (["learner.zero_stage=3", "learner.world_size=2"], False, REFERENCE_SHARDED),
+        ([*GPU, "learner.zero_stage=3", "learner.world_size=2"], True, REFERENCE_SHARDED),
+        ([*COLOCATED, "learner.zero_stage=3"], True, REFERENCE_SHARDED),
+        ([*COLOCATED, "learner.zero_stage=2"], True, REFERENCE_OFFLOADED),
+        ([*GPU, "learner.zero_stage=2"], True, REFERENCE_RESIDENT),
+        (["learner.zero_stage=0"], False, REFERENCE_RESIDENT),
+    ],
+)
+def test_reference_placement_follows_the_zero_stage_and_colocation(overrides, on_gpu, expected):
+    assert reference_placement(load_config(None, overrides), on_gpu) == expected
+
+
+def test_reference_engine_is_zero3_and_offloads_its_shards_only_beside_vllm():
+    colocated = load_config(None, [*COLOCATED, "learner.zero_stage=3"])
+    config = reference_deepspeed_config(colocated, on_gpu=True)
+    assert config["zero_optimization"] == {
+        "stage": 3,
+        "offload_param": {"device": "cpu", "pin_memory": True},
+    }
+    policy = deepspeed_config(colocated, on_gpu=True)
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16", "fp16"):
+        assert config[key] == policy[key]  # DeepSpeed checks the batch arithmetic per engine
+    separate = load_config(None, [*GPU, "learner.zero_stage=3", "learner.world_size=2"])
+    assert reference_deepspeed_config(separate, True)["zero_optimization"] == {"stage": 3}
+
+
+def test_offloaded_reference_is_on_the_gpu_only_during_the_step(monkeypatch):
+    events: list = []
+    learner = _learner(monkeypatch, events, placement=REFERENCE_OFFLOADED)
+    learner._train_step = lambda shard, stage: events.append("step") or {}
+    learner.train_step(None, 2)
+    # Back on the CPU before the cache is emptied, so its blocks go back to the driver too.
+    assert events == ["reference to cuda:0", "step", "reference to cpu", "empty_cache"]
+
+
+def test_reference_bytes_count_a_zero3_rank_its_partition_only():
+    model = torch.nn.Linear(4, 8)  # 32 + 8 float32 parameters
+    assert reference_bytes(model) == 40 * 4
+    model.weight.ds_tensor = torch.zeros(16)  # what ZeRO-3 leaves on this rank
+    assert reference_bytes(model) == (16 + 8) * 4
+    model.weight.ds_persist = True  # small enough to stay whole on every rank
+    assert reference_bytes(model) == 40 * 4
+    assert reference_bytes(None) == 0  # no separate reference module
