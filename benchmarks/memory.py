@@ -12,7 +12,17 @@ grow: the slope should be ~0 MB/step.
     .venv/bin/python benchmarks/memory.py --model smollm2-135m-instruct --steps 50
     .venv/bin/python benchmarks/memory.py --model tiny-llama --steps 10
 
-Writes benchmarks/results/memory-<model>.json.
+Every step it also records each learner rank's `Learner.memory_report`: where the reference
+model lives and the bytes of it the rank holds, and on a GPU the CUDA allocator's allocated,
+reserved and peak bytes. That is the hook for the GPU memory of the reference's placement
+(issue 16 item 6e), which no GPU here has measured, e.g. on a 2-GPU node:
+
+    .venv/bin/python benchmarks/memory.py --model smollm2-135m-instruct --steps 6 \
+        --set rollout.num_gpus=0.5 --set learner.num_gpus=0.5 \
+        --set rollout.colocate_with_learner=true --set learner.zero_stage=3 \
+        --set rollout.num_workers=2 --set learner.world_size=2
+
+Writes benchmarks/results/memory-<model>.json (with --set: memory-overrides-<model>.json).
 """
 
 from __future__ import annotations
@@ -91,6 +101,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "bench_memory")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     args = parser.parse_args()
 
     half = args.steps // 2
@@ -104,6 +117,7 @@ def main() -> None:
         f"train.stage2_steps={args.steps - half}",
         "train.checkpoint_every=0",
         f"output_dir={args.out_dir}",
+        *args.set,
     )
     shutil.rmtree(args.out_dir, ignore_errors=True)
     model_path, train, held_out = prepare_inputs(cfg)
@@ -112,8 +126,10 @@ def main() -> None:
     roles = actor_processes(trainer)
     pids = {role: _in_actor(actor, _pid) for role, actor in roles.items()}
     samples: dict[str, list[float]] = {role: [] for role in roles}
+    learner_memory = [trainer.actors.learner.memory_report()]  # after set-up, then per step
     for step in range(args.steps):
         trainer.step(trainer.schedule[step])
+        learner_memory.append(trainer.actors.learner.memory_report())
         for role, pid in pids.items():
             # The driver's children are the local Ray cluster (raylet, GCS, every actor):
             # count the driver process alone.
@@ -148,6 +164,8 @@ def main() -> None:
         "processes": per_role,
         "total_slope_mb_per_step_second_half": slope(total[len(total) // 2 :]),
         "total_rss_mb_per_step": total,
+        "overrides": args.set,
+        "learner_memory_per_step": learner_memory,
     }
     rows = [
         [
@@ -165,7 +183,10 @@ def main() -> None:
     )
     header = ["process", "peak MB", "ru_maxrss MB", "step 1 MB", "last MB", "MB/step (2nd half)"]
     print(table(header, rows))
-    print(f"wrote {write_result('memory', args.model, data)}")
+    for rank, report in enumerate(learner_memory[-1]):
+        print(f"learner rank {rank}: " + ", ".join(f"{k} {v}" for k, v in report.items()))
+    name = "memory-overrides" if args.set else "memory"  # keep the default run's file
+    print(f"wrote {write_result(name, args.model, data)}")
 
 
 if __name__ == "__main__":

@@ -245,8 +245,8 @@ class RolloutConfig:
     whole batch (all attempts 1, then all attempts 2), then verify it."""
     colocate_with_learner: bool = False
     """GPU only: rollout actor i shares learner rank i's GPU (one placement bundle; needs
-    num_workers = learner.world_size, tensor_parallel_size 1, num_gpus + learner.num_gpus <= 1).
-    vLLM sleeps (weights to CPU, KV cache freed) while the learner trains."""
+    num_workers = learner.world_size, tensor_parallel_size 1, num_gpus + learner.num_gpus = 1).
+    vLLM sleeps (level 2: weights and KV cache freed) while the learner trains."""
 
     def problems(self) -> list[str]:
         """One message per bad `rollout.*` key."""

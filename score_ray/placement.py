@@ -9,7 +9,12 @@ actor pending forever. `reserve` then creates one placement group per role and w
 for it with a deadline, so a layout the cluster cannot satisfy right now also fails
 in seconds instead of hanging. With `rollout.colocate_with_learner`, rollout actor i
 and learner rank i share bundle i of one group ("rollout+learner"): one GPU, their
-fractional GPU requests adding up to at most 1.
+fractional GPU requests adding up to exactly 1.
+
+Before any of that, `check_gpu_layout` rejects GPU shares that Ray would grant but NCCL
+or vLLM cannot use (`gpu_layout_problems`): Ray packs fractional GPU requests onto one
+device, and NCCL refuses two ranks of one communicator on one GPU ("Duplicate GPU
+detected"), so such a run would only fail minutes later, inside a collective.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from score_ray.config import Config
+from score_ray.transport import choose_transport
 
 ROLES = ("rollout", "learner", "verifier")
 
@@ -125,6 +131,69 @@ def _colocated(rollout: RoleDemand, learner: RoleDemand) -> RoleDemand:
     )
 
 
+def gpu_layout_problems(cfg: Config) -> list[str]:
+    """Each GPU share that NCCL or vLLM rejects, as "key: why".
+
+    - NCCL peers need a whole GPU each (`num_gpus` = 1): learner ranks when there are
+      several (DeepSpeed's process group), every vLLM worker and learner rank 0 under
+      `sync.transport=nccl` (one broadcast group), and each tensor-parallel rank of an
+      engine (vLLM's own group; its mp executor also needs all tp GPUs visible in the
+      actor). Ray would give two such peers halves of one GPU.
+    - Colocated rollout and learner shares must add up to exactly 1: each bundle is then
+      one whole GPU, so learner ranks land on different GPUs. Below 1, Ray may pack two
+      bundles, two learner ranks, onto one GPU.
+    CPU roles (`num_gpus` = 0) are not checked here.
+    """
+    rollout, learner = cfg.rollout, cfg.learner
+    problems: list[str] = []
+    if rollout.colocate_with_learner:
+        total = rollout.num_gpus + learner.num_gpus
+        if rollout.num_gpus > 0 and learner.num_gpus > 0 and abs(total - 1.0) > _EPS:
+            problems.append(
+                f"rollout.num_gpus + learner.num_gpus: must be exactly 1 when colocated, got "
+                f"{rollout.num_gpus:g} + {learner.num_gpus:g} = {total:g}; below 1 Ray may pack "
+                "two rollout+learner bundles, i.e. two learner ranks, onto one GPU, and NCCL "
+                'rejects that ("Duplicate GPU detected")'
+            )
+        return problems
+    nccl = choose_transport(cfg) == "nccl"
+    if learner.num_gpus > 0 and (learner.world_size > 1 or nccl):
+        why = "NCCL peers" if learner.world_size == 1 else f"{learner.world_size} NCCL ranks"
+        problems += _whole_gpu("learner.num_gpus", learner.num_gpus, why)
+    if rollout.num_gpus > 0 and rollout.tensor_parallel_size > 1:
+        why = f"tensor_parallel_size={rollout.tensor_parallel_size} NCCL ranks"
+        problems += _whole_gpu("rollout.num_gpus", rollout.num_gpus, why)
+    elif rollout.num_gpus > 0 and nccl:
+        problems += _whole_gpu("rollout.num_gpus", rollout.num_gpus, "NCCL peers")
+    return problems
+
+
+_EPS = 1e-9
+
+
+def _whole_gpu(key: str, amount: float, why: str) -> list[str]:
+    """`key` must be exactly 1 GPU: a fraction lets Ray put two NCCL peers on one device; more
+    than 1 reserves GPUs the rank never uses (it drives one device)."""
+    if abs(amount - 1.0) <= _EPS:
+        return []
+    return [
+        f"{key}: must be 1 (a whole GPU per rank) for {why}, got {amount:g}; "
+        + (
+            "with a fraction Ray may put two ranks on one GPU, which NCCL rejects "
+            '("Duplicate GPU detected")'
+            if amount < 1
+            else "each rank drives one GPU, the rest would sit idle"
+        )
+    ]
+
+
+def check_gpu_layout(cfg: Config) -> None:
+    """Raise LayoutError naming the keys of every GPU share NCCL or vLLM cannot use."""
+    problems = gpu_layout_problems(cfg)
+    if problems:
+        raise LayoutError("GPU layout NCCL cannot use:\n  " + "\n  ".join(problems))
+
+
 def check_fits(demands: list[RoleDemand], nodes: list[dict[str, float]]) -> None:
     """Raise LayoutError if an actor fits on no node or the totals fall short."""
     problems = layout_problems(demands, nodes)
@@ -211,6 +280,7 @@ def reserve(cfg: Config, timeout_s: float) -> Placement:
     import ray
     from ray.util.placement_group import placement_group
 
+    check_gpu_layout(cfg)
     demands = layout(cfg)
     check_fits(demands, node_capacities())
     groups = {}

@@ -38,8 +38,17 @@ from typing import Any
 from score_ray.cluster_spec import NodeType, local_node_type, read_cluster, with_gpu_memory
 from score_ray.config import CODE_TASK_SOURCES, Config, load_config
 from score_ray.launch import add_config_arguments, local_cpus
+from score_ray.learner.actor import REFERENCE_SHARDED, reference_placement
 from score_ray.model_facts import ModelFacts, model_facts
-from score_ray.placement import LayoutError, RoleDemand, fits, layout, layout_problems, totals
+from score_ray.placement import (
+    LayoutError,
+    RoleDemand,
+    fits,
+    gpu_layout_problems,
+    layout,
+    layout_problems,
+    totals,
+)
 from score_ray.transport import choose_transport
 
 GIB = 2**30
@@ -138,9 +147,11 @@ class Estimate:
 
 
 def learner_estimate(cfg: Config, facts: ModelFacts) -> Estimate:
-    """One learner rank: model states divided by the ZeRO stage, the full reference model,
-    and the logits of one micro-batch (from the first attempt token on, fp32 for the
-    log-softmax: `algo.token_logprobs`)."""
+    """One learner rank: model states divided by the ZeRO stage, the reference model (whole;
+    under ZeRO-3 a 1/ranks shard, none of it resident on a GPU shared with vLLM, where its
+    shards stay in CPU memory: `learner.actor.reference_placement`), and the logits of one
+    micro-batch (from the first attempt token on, fp32 for the log-softmax:
+    `algo.token_logprobs`)."""
     learner = cfg.learner
     params, ranks, stage = facts.parameters, learner.world_size, learner.zero_stage
     width = DTYPE_BYTES[cfg.model.dtype]
@@ -156,12 +167,21 @@ def learner_estimate(cfg: Config, facts: ModelFacts) -> Estimate:
         "parameters": params * width / (ranks if stage >= 3 else 1),
         "gradients": params * width / (ranks if stage >= 2 else 1),
         "optimizer": params * optimizer / (ranks if stage >= 1 else 1),
-        "reference": params * width,
+        "reference": reference_bytes(cfg, params * width, on_gpu),
         "logits": learner.micro_batch_size * loss_tokens * facts.vocab_size * logits_width,
     }
     precision = f"{cfg.model.dtype} + fp32 master" if mixed else cfg.model.dtype
     note = f"{precision}, ZeRO-{stage} over {ranks} rank{'s' if ranks > 1 else ''}"
     return Estimate("learner", "GPU" if on_gpu else "CPU", parts, note)
+
+
+def reference_bytes(cfg: Config, whole: float, on_gpu: bool) -> float:
+    """The reference model's bytes on one learner rank's device during a step."""
+    if reference_placement(cfg, on_gpu) != REFERENCE_SHARDED:
+        return whole  # resident, or offloaded between steps but whole during one
+    if on_gpu and cfg.rollout.colocate_with_learner:
+        return 0.0  # ZeRO-3 parameter offload: only the layer being run comes to the GPU
+    return whole / cfg.learner.world_size
 
 
 def rollout_estimate(cfg: Config, facts: ModelFacts, gpu_memory_gib: float | None) -> Estimate:
@@ -257,7 +277,8 @@ def make_plan(cfg: Config, node_types: list[NodeType], facts: ModelFacts) -> Pla
     demands = layout(cfg)
     # The check a run makes against the live cluster (placement.check_fits), on every node
     # the cluster file allows.
-    problems = layout_problems(demands, [node for t in node_types for node in t.nodes()])
+    problems = gpu_layout_problems(cfg)  # GPU shares NCCL rejects (placement.reserve checks too)
+    problems += layout_problems(demands, [node for t in node_types for node in t.nodes()])
     rollout_gpu = gpu_memory_for(role_bundle(demands, "rollout"), node_types)
     estimates = [
         rollout_estimate(cfg, facts, rollout_gpu),

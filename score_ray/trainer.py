@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from score_ray.algo import attempt_rewards, collate_traces
+from score_ray.algo import TraceBatch, attempt_rewards, collate_traces
 from score_ray.algo.advantages import trace_advantages
 from score_ray.algo.traces import Attempt, Trace
 from score_ray.checkpoint import (
@@ -49,6 +49,7 @@ from score_ray.checkpoint import (
 )
 from score_ray.config import Config, save_config
 from score_ray.evaluate import self_correction_metrics
+from score_ray.gpu_release import wait_for_gpu_release
 from score_ray.learner.group import LearnerFailure, LearnerGroup
 from score_ray.metrics import MetricsLogger
 from score_ray.models import load_tokenizer
@@ -56,6 +57,7 @@ from score_ray.offline import POOL_FILE, OfflinePool, offline_prompts_per_step, 
 from score_ray.placement import Placement, reserve
 from score_ray.prompts import PromptBuilder
 from score_ray.rollout.group import RolloutGroup
+from score_ray.rollout.sleep import KV_CACHE, WEIGHTS
 from score_ray.sync import (
     WeightSyncError,
     choose_transport,
@@ -64,6 +66,7 @@ from score_ray.sync import (
 )
 from score_ray.tasks.base import Problem
 from score_ray.transitions import answer_change_metrics, transition_counts
+from score_ray.transport import WeightHandle
 from score_ray.verify.pool import VerifierPool, VerifyStats
 from score_ray.verify.scorers import extract_answer
 
@@ -281,6 +284,36 @@ class Trainer:
         self.version = state["weight_version"] if held < state["weight_version"] else held + 1
         sync_weights(self.actors.learner, self.actors.rollout, self.version)
 
+    def learn_and_sync(
+        self,
+        batch: TraceBatch,
+        advantage1: torch.Tensor,  # [B]
+        advantage2: torch.Tensor,  # [B]
+        stage: int,
+        weight1: torch.Tensor,  # [B]
+        timings: dict[str, float],
+    ) -> tuple[dict[str, float], WeightHandle]:
+        """One policy-gradient step on the learner group, then the new weights to every rollout
+        worker. Colocated, vLLM sleeps while the learner trains and wakes in two parts: its
+        weights before the sync (which writes into them), its KV cache after it, once the
+        learner has freed its exported copy and cached blocks (Learner.release_weights), so
+        the GPU never holds KV cache, learner peak and sync copy at once."""
+        colocated = self.cfg.rollout.colocate_with_learner
+        with _timed(timings, "time/learn"):
+            if colocated:
+                self.actors.rollout.sleep()  # vLLM gives the shared GPUs to the learner
+            learn_stats = self.actors.learner.train_step(
+                batch, advantage1, advantage2, stage, weight1
+            )
+        with _timed(timings, "time/sync"):
+            if colocated:
+                self.actors.rollout.wake_up([WEIGHTS])
+            self.version += 1
+            handle = sync_weights(self.actors.learner, self.actors.rollout, self.version)
+            if colocated:
+                self.actors.rollout.wake_up([KV_CACHE])
+        return learn_stats, handle
+
     def recover_learner(self, failure: LearnerFailure | WeightSyncError) -> None:
         """Rebuild the learner group and roll the run back to the newest checkpoint, or to
         the base model (step 0) when there is none yet."""
@@ -291,9 +324,12 @@ class Trainer:
             # The engines shared an NCCL group or GPU memory with the dead rank (and may be
             # stuck in a broadcast): start them afresh, before the learner, as at start-up.
             self.actors.rollout.shutdown()
+            # The killed processes must have freed their GPU memory, else vLLM refuses to start.
+            wait_for_gpu_release(self.cfg, self.actors.placement, self.cfg.placement_timeout_s)
             self.actors.rollout = RolloutGroup(self.cfg, self.model_path, self.actors.placement)
         elif self.cfg.rollout.colocate_with_learner:
-            self.actors.rollout.wake_up()  # it slept through the failed learn step
+            # It slept through the failed learn step; the KV cache wakes after the sync below.
+            self.actors.rollout.wake_up([WEIGHTS])
         self.actors.learner = LearnerGroup(self.cfg, self.model_path, self.actors.placement)
         connect_weight_transport(self.actors.learner, self.actors.rollout)
         checkpoint = latest_checkpoint(self.checkpoints)
@@ -302,6 +338,8 @@ class Trainer:
             self._continue_from(self.initial_state)
         else:
             self.restore(checkpoint)
+        if self.cfg.rollout.colocate_with_learner:
+            self.actors.rollout.wake_up()  # the rest (a no-op for restarted engines)
         self.metrics.close()
         self.metrics = MetricsLogger(self.output_dir, resume_step=self.global_step, cfg=self.cfg)
 
@@ -377,21 +415,11 @@ class Trainer:
             offline,
         )
 
-        # learn: one policy-gradient step on the learner group
-        with _timed(timings, "time/learn"):
-            if cfg.rollout.colocate_with_learner:
-                self.actors.rollout.sleep()  # vLLM gives the shared GPUs to the learner
-            batch = collate_traces(traces, self.pad_id)
-            learn_stats = self.actors.learner.train_step(
-                batch, advantage1, advantage2, stage, weight1
-            )
-
-        # sync weights: learner -> every rollout worker
-        with _timed(timings, "time/sync"):
-            if cfg.rollout.colocate_with_learner:
-                self.actors.rollout.wake_up()
-            self.version += 1
-            handle = sync_weights(self.actors.learner, self.actors.rollout, self.version)
+        # learn, then sync weights: learner -> every rollout worker
+        batch = collate_traces(traces, self.pad_id)
+        learn_stats, handle = self.learn_and_sync(
+            batch, advantage1, advantage2, stage, weight1, timings
+        )
 
         # log
         timings["time/step"] = time.perf_counter() - started

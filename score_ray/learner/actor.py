@@ -10,6 +10,16 @@ API (called on every rank of the group at once; see `LearnerGroup`):
     describe_weights(version)           -> WeightHandle   rank 0: names/shapes/dtypes (nccl)
     init_weight_transport(info) / release_weights()       transport set-up and clean-up
     save_pretrained(path)               -> None   HF folder that transformers and vLLM load
+    memory_report()                     -> dict   where the reference lives, its bytes on this
+                                                  rank, CUDA allocator figures (GPU)
+
+The frozen reference model follows the policy's memory plan (`reference_placement`):
+under ZeRO-3 it is a DeepSpeed ZeRO-3 engine of its own (no optimizer), so each rank holds
+1/world_size of it and gathers one layer at a time in its forward, as for the policy; colocated
+with vLLM on a GPU it must not sit there while vLLM serves, so ZeRO-3 keeps its shards in CPU
+memory (DeepSpeed parameter offload, fetched layer by layer in each forward), and ZeRO 0-2,
+whose policy is whole on every rank anyway, moves the whole copy to the GPU for the step
+and back to the CPU after it. Otherwise a whole copy stays on the learner's device.
 
 The loss itself is `score_ray.algo.score_loss`; this file only feeds it tensors.
 """
@@ -56,6 +66,34 @@ class LearnerShard:
     advantage1: torch.Tensor  # [B] per-trace advantage of attempt 1
     advantage2: torch.Tensor  # [B] per-trace advantage of attempt 2
     attempt1_weight: torch.Tensor  # [B] weight of attempt 1's loss terms (score_loss)
+
+
+REFERENCE_SHARDED = "sharded"
+"""ZeRO-3: a DeepSpeed ZeRO-3 engine, 1/world_size per rank (CPU-offloaded when colocated)."""
+REFERENCE_OFFLOADED = "offloaded"
+"""ZeRO 0-2 colocated on a GPU: whole, on the GPU only during train_step."""
+REFERENCE_RESIDENT = "resident"
+"""Otherwise: whole, on the learner's device."""
+
+
+def reference_placement(cfg: Config, on_gpu: bool) -> str:
+    """Where the frozen reference model lives (see the module docstring)."""
+    if cfg.learner.zero_stage == 3:
+        return REFERENCE_SHARDED
+    if on_gpu and cfg.rollout.colocate_with_learner:
+        return REFERENCE_OFFLOADED
+    return REFERENCE_RESIDENT
+
+
+def reference_deepspeed_config(cfg: Config, on_gpu: bool) -> dict[str, Any]:
+    """The reference's ZeRO-3 engine: the policy's batch and precision settings, stage 3, and
+    colocated on a GPU its parameters offloaded to (pinned) CPU memory between uses."""
+    config = deepspeed_config(cfg, on_gpu)
+    zero: dict[str, Any] = {"stage": 3}
+    if on_gpu and cfg.rollout.colocate_with_learner:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    config["zero_optimization"] = zero
+    return config
 
 
 def deepspeed_config(cfg: Config, on_gpu: bool) -> dict[str, Any]:
@@ -124,8 +162,42 @@ class Learner:
             config=deepspeed_config(self.cfg, self.on_gpu),
         )
         reference = AutoModelForCausalLM.from_pretrained(self.model_path, torch_dtype=dtype)
-        self.reference = reference.to(self.engine.device).eval().requires_grad_(False)
+        self.reference = self._build_reference(reference.eval().requires_grad_(False))
         self.transport = make_transport(choose_transport(self.cfg), self.cfg.sync.bucket_mb * MIB)
+
+    def _build_reference(self, model: Any) -> Any:
+        """The frozen reference, placed as `reference_placement` says (collective under ZeRO-3:
+        every rank builds its engine at once)."""
+        self.reference_placement = reference_placement(self.cfg, self.on_gpu)
+        if self.reference_placement == REFERENCE_SHARDED:
+            import deepspeed
+
+            config = reference_deepspeed_config(self.cfg, self.on_gpu)
+            engine, *_ = deepspeed.initialize(model=model, config=config)
+            engine.eval()  # DeepSpeedEngine.eval returns None, not the engine
+            return engine
+        device = "cpu" if self.reference_placement == REFERENCE_OFFLOADED else self.engine.device
+        return model.to(device)
+
+    def _reference_to(self, device: Any) -> None:
+        """Offloaded reference: move it (to the GPU for a step, to the CPU after one)."""
+        if self.reference_placement == REFERENCE_OFFLOADED and self.reference is not None:
+            self.reference.to(device)
+
+    def memory_report(self) -> dict[str, Any]:
+        """Where the reference lives and the bytes of it this rank holds, plus the CUDA
+        allocator's figures on a GPU (benchmarks/gpu_memory.py prints them per phase)."""
+        report: dict[str, Any] = {
+            "reference_placement": self.reference_placement,
+            "reference_bytes": reference_bytes(self.reference),
+        }
+        if self.on_gpu:
+            report |= {
+                "cuda_allocated": torch.cuda.memory_allocated(),
+                "cuda_reserved": torch.cuda.memory_reserved(),
+                "cuda_max_allocated": torch.cuda.max_memory_allocated(),
+            }
+        return report
 
     def node_id(self) -> str:
         import ray
@@ -153,7 +225,27 @@ class Learner:
         )
 
     def train_step(self, shard: LearnerShard, stage: int) -> dict[str, float]:
-        """One optimizer step: micro-batches with gradient accumulation, then step."""
+        """One optimizer step (`_train_step`), then hand the GPU memory it no longer needs
+        back to the driver (`free_gpu_cache`): a colocated vLLM wakes up next."""
+        self._reference_to(self.engine.device)
+        try:
+            return self._train_step(shard, stage)
+        finally:
+            self._reference_to("cpu")
+            self.free_gpu_cache()
+
+    def free_gpu_cache(self) -> None:
+        """Return PyTorch's cached, unused GPU blocks to the driver.
+
+        The caching allocator keeps the step's peak (activations, logits, gathered ZeRO-3
+        parameters) reserved after the tensors are gone. No other process can use that
+        memory, and a colocated vLLM's wake-up maps its whole budget back into it, so
+        without this a wake-up can run out of memory that the learner is not using."""
+        if self.on_gpu:
+            torch.cuda.empty_cache()
+
+    def _train_step(self, shard: LearnerShard, stage: int) -> dict[str, float]:
+        """Micro-batches with gradient accumulation, then the optimizer step."""
         cfg = self.cfg
         kl_coef1, kl_coef2 = attempt_kl_coefficients(
             stage, cfg.algo.beta1, cfg.algo.beta2, cfg.algo.single_turn
@@ -323,8 +415,10 @@ class Learner:
         return self.transport.send(named, version)
 
     def release_weights(self) -> None:
-        """After the rollout workers loaded a sync: free what the transport kept (cuda_ipc)."""
+        """After the rollout workers loaded a sync: free what the transport kept (cuda_ipc:
+        the exported copy) and return it to the driver, before vLLM maps its KV cache."""
         self.transport.release()
+        self.free_gpu_cache()
 
     def save_checkpoint(self, directory: str) -> None:
         """Model, optimizer and scheduler state of this rank (collective: all ranks). To a
@@ -352,6 +446,19 @@ class Learner:
             generation_config = getattr(module, "generation_config", None)
             if generation_config is not None:
                 generation_config.save_pretrained(local)
+
+
+def reference_bytes(model: Any) -> int:
+    """Bytes of `model`'s parameters this process holds: a ZeRO-3 parameter's local partition
+    (`ds_tensor`), except the small ones ZeRO-3 keeps whole on every rank (`ds_persist`,
+    below stage3_param_persistence_threshold); else the whole tensor. 0 for None (no
+    separate reference module)."""
+    total = 0
+    for param in model.parameters() if model is not None else ():
+        partition = getattr(param, "ds_tensor", None)
+        local = param if partition is None or getattr(param, "ds_persist", False) else partition
+        total += local.numel() * local.element_size()
+    return total
 
 
 # Below this many shared tokens a second forward call costs more than it saves.

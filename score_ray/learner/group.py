@@ -106,6 +106,10 @@ class LearnerGroup:
     def release_weights(self) -> None:
         self._get([r.release_weights.remote() for r in self.ranks])
 
+    def memory_report(self) -> list[dict[str, Any]]:
+        """Each rank's `Learner.memory_report` (reference placement and bytes, CUDA figures)."""
+        return self._get([r.memory_report.remote() for r in self.ranks])
+
     def save_pretrained(self, path: str) -> None:
         self._get([r.save_pretrained.remote(path) for r in self.ranks])
 

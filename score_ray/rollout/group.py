@@ -168,11 +168,12 @@ class RolloutGroup:
         self._on_each(lambda i, worker: worker.init_weight_transport.remote(init_infos[i]))
 
     def sleep(self) -> None:
-        """Colocated: free the GPUs for the learner (weights to CPU, KV cache dropped)."""
+        """Colocated: free the GPUs for the learner (weights and KV cache released)."""
         self._on_each(lambda _, worker: worker.sleep.remote())
 
-    def wake_up(self) -> None:
-        self._on_each(lambda _, worker: worker.wake_up.remote())
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Map back `tags` of every engine ("weights", then after the sync "kv_cache")."""
+        self._on_each(lambda _, worker: worker.wake_up.remote(tags))
 
     def sequence_logprobs(self, token_id_lists: list[list[int]]) -> list[list[float]]:
         return self._on_each(

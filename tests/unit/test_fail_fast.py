@@ -178,6 +178,8 @@ def fake_cluster(monkeypatch):
     monkeypatch.setattr(trainer_module, "VerifierPool", lambda *a: _Group("verifier", *a))
     monkeypatch.setattr(trainer_module, "connect_weight_transport", lambda learner, rollout: None)
     monkeypatch.setattr(trainer_module, "sync_weights", fake_sync)
+    # No GPU whose release to wait for (test_gpu_paths.py checks where recovery waits).
+    monkeypatch.setattr(trainer_module, "wait_for_gpu_release", lambda *a: None)
     monkeypatch.setattr(
         trainer_module, "load_tokenizer", lambda path: SimpleNamespace(pad_token_id=0)
     )

@@ -122,3 +122,98 @@ def test_shortfall_names_the_config_keys_to_lower():
         LayoutError, match=r"lower rollout\.num_gpus x rollout\.tensor_parallel_size"
     ):
         check_fits(layout(big)[:1], [{"CPU": 8.0, "GPU": 1.0}])
+
+
+# -- GPU shares NCCL cannot use (checked before anything is reserved) ---------------------------
+
+
+def _cfg(*overrides: str):
+    from score_ray.config import load_config
+
+    return load_config(None, list(overrides))
+
+
+COLOCATED = ("rollout.colocate_with_learner=true", "rollout.num_workers=2", "learner.world_size=2")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "why"),
+    [
+        # two learner ranks on halves of one GPU: one NCCL communicator, one device
+        (
+            ("learner.num_gpus=0.5", "learner.world_size=2", "rollout.num_gpus=1"),
+            "learner.num_gpus",
+            "Duplicate GPU detected",
+        ),
+        # two engines (NCCL broadcast peers) on halves of one GPU
+        (
+            ("rollout.num_gpus=0.5", "rollout.num_workers=2", "learner.num_gpus=1"),
+            "rollout.num_gpus",
+            "a whole GPU per rank",
+        ),
+        # learner rank 0 is a broadcast peer of the engines
+        (
+            ("rollout.num_gpus=1", "learner.num_gpus=0.5", "sync.transport=nccl"),
+            "learner.num_gpus",
+            "NCCL peers",
+        ),
+        # tensor-parallel ranks are NCCL peers of each other
+        (
+            ("rollout.num_gpus=0.5", "rollout.tensor_parallel_size=2"),
+            "rollout.num_gpus",
+            "tensor_parallel_size=2",
+        ),
+        # more than one GPU per rank: reserved and never used
+        (("rollout.num_gpus=2", "learner.num_gpus=1"), "rollout.num_gpus", "sit idle"),
+        # colocated shares below 1: Ray may pack two bundles (two learner ranks) on one GPU
+        (
+            (*COLOCATED, "rollout.num_gpus=0.4", "learner.num_gpus=0.4"),
+            "rollout.num_gpus + learner.num_gpus",
+            "exactly 1",
+        ),
+    ],
+)
+def test_gpu_shares_nccl_rejects_fail_naming_the_keys(overrides, key, why):
+    from score_ray.placement import check_gpu_layout, gpu_layout_problems
+
+    cfg = _cfg(*overrides)
+    problems = gpu_layout_problems(cfg)
+    assert any(line.startswith(key + ":") and why in line for line in problems), problems
+    with pytest.raises(LayoutError, match="NCCL cannot use") as err:
+        check_gpu_layout(cfg)
+    assert key in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),  # CPU
+        ("rollout.num_gpus=1", "learner.num_gpus=1"),
+        ("rollout.num_gpus=1", "learner.num_gpus=1", "learner.world_size=2"),
+        ("rollout.num_gpus=1", "rollout.tensor_parallel_size=2", "learner.num_gpus=1"),
+        (*COLOCATED, "rollout.num_gpus=0.5", "learner.num_gpus=0.5"),
+        (*COLOCATED, "rollout.num_gpus=0.3", "learner.num_gpus=0.7"),
+        # no NCCL anywhere: two engines may share a GPU, one learner rank may take a part
+        (
+            "rollout.num_gpus=0.5",
+            "rollout.num_workers=2",
+            "learner.num_gpus=0.5",
+            "sync.transport=object_store",
+        ),
+        ("rollout.num_gpus=0.25", "rollout.num_workers=4"),  # learner on CPU: object_store
+    ],
+)
+def test_gpu_shares_nccl_accepts_pass(overrides):
+    from score_ray.placement import gpu_layout_problems
+
+    assert gpu_layout_problems(_cfg(*overrides)) == []
+
+
+def test_reserve_checks_the_gpu_layout_before_asking_ray(monkeypatch):
+    """A rejected layout fails before any node is read or group created."""
+    import score_ray.placement as placement
+
+    monkeypatch.setattr(placement, "node_capacities", lambda: pytest.fail("asked Ray"))
+    cfg = _cfg("learner.num_gpus=0.5", "learner.world_size=2", "rollout.num_gpus=1")
+    with pytest.raises(LayoutError, match=r"learner\.num_gpus"):
+        placement.reserve(cfg, timeout_s=1.0)

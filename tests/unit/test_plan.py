@@ -139,7 +139,7 @@ FACTS = ModelFacts(
             {"parameters": 4000, "gradients": 2000, "optimizer": 6000, "reference": 4000},
         ),
         # bf16 on GPUs, ZeRO-3 over 4 ranks: 2-byte params and grads, 12 bytes of optimizer
-        # state (fp32 master + m + v), all divided by 4; the reference stays whole.
+        # state (fp32 master + m + v), all divided by 4; the reference is a ZeRO-3 engine too.
         (
             [
                 "learner.zero_stage=3",
@@ -148,7 +148,31 @@ FACTS = ModelFacts(
                 "learner.num_gpus=1",
                 "rollout.num_gpus=1",
             ],
-            {"parameters": 500, "gradients": 500, "optimizer": 3000, "reference": 2000},
+            {"parameters": 500, "gradients": 500, "optimizer": 3000, "reference": 500},
+        ),
+        # ... colocated with vLLM: its shards stay in CPU memory (parameter offload).
+        (
+            [
+                "learner.zero_stage=3",
+                "learner.world_size=2",
+                "model.dtype=bfloat16",
+                "learner.num_gpus=0.5",
+                "rollout.num_gpus=0.5",
+                "rollout.num_workers=2",
+                "rollout.colocate_with_learner=true",
+            ],
+            {"parameters": 1000, "gradients": 1000, "optimizer": 6000, "reference": 0},
+        ),
+        # ZeRO-2 colocated: the whole reference comes to the GPU for the step (offloaded after).
+        (
+            [
+                "learner.zero_stage=2",
+                "model.dtype=bfloat16",
+                "learner.num_gpus=0.5",
+                "rollout.num_gpus=0.5",
+                "rollout.colocate_with_learner=true",
+            ],
+            {"parameters": 2000, "gradients": 2000, "optimizer": 12000, "reference": 2000},
         ),
     ],
 )

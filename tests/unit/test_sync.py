@@ -151,6 +151,33 @@ def test_engine_kwargs_are_vllm_engine_args_and_pick_the_backend():
         assert backend in WeightTransferEngineFactory._registry
 
 
+def test_tensor_parallel_engine_uses_multiprocessing_not_the_actors_placement_group(
+    monkeypatch,
+):
+    """Inside our rollout actor (in a placement group) vLLM would pick its Ray executor for
+    tp > 1, which rejects a bundle holding more than one GPU; "mp" keeps the tp workers in
+    the actor, on the GPUs Ray gave it."""
+    import ray
+    import ray.util
+    from vllm.config import ParallelConfig
+    from vllm.engine.arg_utils import EngineArgs
+
+    tp2 = load_config(None, [*GPU, "rollout.tensor_parallel_size=2"])
+    kwargs = engine_kwargs(tp2, "m", 0)
+    assert kwargs["distributed_executor_backend"] == "mp"
+    assert {"distributed_executor_backend"} <= {f.name for f in dataclasses.fields(EngineArgs)}
+    for overrides in ([], GPU):  # one rank: vLLM's own choice ("uni") is right
+        assert "distributed_executor_backend" not in engine_kwargs(
+            load_config(None, overrides), "m", 0
+        )
+    # What vLLM 0.32 decides in a Ray actor that sits in a placement group:
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray.util, "get_current_placement_group", lambda: object())
+    assert ParallelConfig(tensor_parallel_size=2).distributed_executor_backend == "ray"
+    ours = ParallelConfig(tensor_parallel_size=2, distributed_executor_backend="mp")
+    assert ours.distributed_executor_backend == "mp"
+
+
 def test_ipc_rollout_may_unpickle_handles_and_others_not():
     assert rollout_env(load_config(None, COLOCATED))["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"
     for overrides in ([], GPU):
