@@ -327,6 +327,9 @@ class Config:
     """How long to wait for the cluster to reserve the actors' resources before failing."""
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig())
     """Experiment tracking (the section is defined at the end of this file)."""
+    sft: SftConfig = field(default_factory=lambda: SftConfig())
+    """`score-ray sft`: STaR, Pair-SFT and gold-answer baselines (defined at the end of this
+    file; docs/sft.md)."""
 
     @property
     def traces_per_step(self) -> int:
@@ -555,6 +558,7 @@ def validate(cfg: Config) -> None:
     if model_problem:
         problems.append(f"model.path: {model_problem}")
     problems += logging_problems(cfg.logging)
+    problems += sft_problems(cfg)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -690,6 +694,97 @@ def logging_problems(section: LoggingConfig) -> list[str]:
         problems.append(f"logging.backends: listed twice in {section.backends}")
     if not section.project.strip():
         problems.append("logging.project: must not be empty")
+    return problems
+
+
+# -- SFT baselines (`score-ray sft`) ---------------------------------------------------------
+
+SFT_METHODS = ("star", "pair_sft", "gold")
+
+
+@dataclass
+class SftConfig:
+    method: str = "star"
+    """star (attempt-1-wrong, attempt-2-right traces of the current model, for `rounds`
+    rounds), pair_sft (a wrong and a right first attempt of the base model joined into one
+    trace) or gold (the task's reference answers: a base that can do the task). The command's
+    --method sets it."""
+    rounds: int = 1
+    """star: sample-filter-train rounds, each sampling from the previous round's model."""
+    problems_per_round: int = 256
+    """Training problems sampled per round (gold: problems trained on); 0: all of them."""
+    samples_per_prompt: int = 4
+    """star: two-attempt traces per problem; pair_sft: first attempts per problem (sampled at
+    rollout.temperature, as in RL)."""
+    min_examples: int = 16
+    """A round that keeps fewer examples is not trained on; its report says so."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    epochs: int = 1
+    """Passes over a round's examples."""
+    batch_size: int = 16
+    """Examples per optimizer step, over all workers."""
+    micro_batch_size: int = 8
+    """Examples per forward/backward on one worker; the rest is gradient accumulation."""
+    num_workers: int = 2
+    """Ray Train workers (torch DDP: gloo on CPU, NCCL on GPU)."""
+    use_gpu: bool = False
+    """One GPU per Ray Train worker."""
+    num_cpus: float = 1.0
+    """Ray CPUs per Ray Train worker."""
+    checkpoint_every: int = 50
+    """Report a Ray Train checkpoint every N optimizer steps (and after the last); a killed run
+    resumes from the newest one."""
+    max_failures: int = 0
+    """Ray Train worker failures retried inside one run (from the newest checkpoint); -1:
+    unlimited. Beyond them the command fails, and re-running it resumes."""
+    seed: int = 0
+    """Seed for problem choice, sampling and example order."""
+
+
+def sft_problems(cfg: Config) -> list[str]:
+    """What is wrong with the `sft` section, one message per bad key."""
+    sft = cfg.sft
+    problems = []
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            problems.append(f"sft.{key}: {why}")
+
+    need(sft.method in SFT_METHODS, "method", f"must be one of {list(SFT_METHODS)}")
+    need(sft.rounds >= 1, "rounds", f"must be >= 1, got {sft.rounds}")
+    need(sft.method == "star" or sft.rounds == 1, "rounds", "only star has rounds; use 1")
+    need(sft.problems_per_round >= 0, "problems_per_round", "must be >= 0 (0: all)")
+    need(sft.samples_per_prompt >= 1, "samples_per_prompt", "must be >= 1")
+    need(
+        sft.method != "pair_sft" or sft.samples_per_prompt >= 2,
+        "samples_per_prompt",
+        "pair_sft needs >= 2 first attempts per problem (a wrong and a right one)",
+    )
+    need(sft.min_examples >= 1, "min_examples", "must be >= 1")
+    need(sft.lr > 0, "lr", f"must be > 0, got {sft.lr}")
+    need(sft.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(sft.grad_clip >= 0, "grad_clip", "must be >= 0")
+    need(sft.epochs >= 1, "epochs", "must be >= 1")
+    need(sft.num_workers >= 1, "num_workers", "must be >= 1")
+    need(
+        sft.batch_size >= sft.num_workers,
+        "batch_size",
+        f"must be >= sft.num_workers ({sft.num_workers}): every worker needs an example",
+    )
+    need(sft.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
+    need(sft.num_cpus > 0, "num_cpus", "must be > 0")
+    need(sft.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+    need(sft.max_failures >= -1, "max_failures", "must be >= -1")
+    need(
+        sft.method != "gold" or cfg.prompts.answer_format in ("answer_tag", "boxed"),
+        "method",
+        "gold writes `work = answer` targets; it needs prompts.answer_format answer_tag or boxed",
+    )
     return problems
 
 
