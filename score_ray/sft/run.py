@@ -218,6 +218,7 @@ def train_round(
         "checkpoint": checkpoint,
         "steps": int(state["step"]),
         "losses": [float(x) for x in state["losses"]],
+        "resumed_at": state.get("resumed_at", []),
         "last_metrics": metrics,
         "time_train_s": time.perf_counter() - started,
     }

@@ -57,6 +57,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             model = _load_model(folder)
             state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+        state.setdefault("resumed_at", []).append(state["step"])
     else:
         model = _load_model(config["model_path"])
     model = ray.train.torch.prepare_model(model)  # DDP; moves the model to the worker's device
