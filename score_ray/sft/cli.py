@@ -35,12 +35,12 @@ def add_parser(commands: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from score_ray.launch import init_ray, prepare_splits
+    from score_ray.launch import prepare_splits
     from score_ray.sft.run import run_sft
 
     cfg = sft_config(args)
     model_path, splits = prepare_splits(cfg)
-    init_ray(cfg)
+    init_sft_ray(cfg)
     summary = run_sft(cfg, model_path, splits.train)
     for report in summary["rounds"]:
         state = (
@@ -53,6 +53,23 @@ def main(args: argparse.Namespace) -> int:
     final = summary["final"] or "none (no round trained)"
     print(f"final model: {final}  ->  {Path(cfg.output_dir) / 'sft_summary.json'}")
     return 0
+
+
+def init_sft_ray(cfg: Config) -> None:
+    """Join the configured cluster, or start a local Ray with CPUs enough for the rollout
+    layout and for the Ray Train workers (a TorchTrainer waits for its CPUs forever)."""
+    import math
+    import os
+
+    import ray
+
+    from score_ray.launch import init_ray, local_cpus
+
+    if ray.is_initialized() or cfg.ray_address or os.environ.get("RAY_ADDRESS"):
+        init_ray(cfg)
+        return
+    trainers = math.ceil(cfg.sft.num_workers * cfg.sft.num_cpus)
+    ray.init(address="local", num_cpus=max(local_cpus(cfg), trainers), include_dashboard=False)
 
 
 def sft_config(args: argparse.Namespace) -> Config:
