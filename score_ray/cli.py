@@ -1,4 +1,4 @@
-"""Command line: `score-ray train | eval | demo | plan | prepare-model`.
+"""Command line: `score-ray train | eval | demo | plan | sft | prepare-model`.
 
     score-ray train --config conf/tiny.yaml output_dir=/tmp/run learner.lr=1e-5
     score-ray train --resume /tmp/run          # continue from the newest checkpoint
@@ -6,6 +6,7 @@
     score-ray eval ... --parallel 32 [--attempts 2]  # + majority vote, parallel vs sequential
     score-ray demo --config conf/demo.yaml --output-dir runs/demo   # eval, train, eval, report
     score-ray plan --config C [--cluster cluster/aws-gpu.yaml]   # dry run: layout, memory
+    score-ray sft --config conf/demo.yaml --method star|pair_sft|gold output_dir=DIR
     score-ray prepare-model [--which smollm2-135m-instruct|tiny-llama]
 
 Config errors, missing files and an empty dataset are reported before Ray
@@ -31,6 +32,7 @@ from score_ray.demo import add_parser as add_demo_parser
 from score_ray.eval_cli import add_parser as add_eval_parser
 from score_ray.launch import add_config_arguments, init_ray, prepare_splits
 from score_ray.plan import add_parser as add_plan_parser
+from score_ray.sft.cli import add_parser as add_sft_parser
 
 log = logging.getLogger("score_ray")
 
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(commands)  # score-ray eval: score_ray/eval_cli.py
     add_demo_parser(commands)  # score-ray demo: score_ray/demo.py
     add_plan_parser(commands)  # score-ray plan: score_ray/plan.py
+    add_sft_parser(commands)  # score-ray sft: score_ray/sft/cli.py
     return parser
 
 

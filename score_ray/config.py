@@ -498,6 +498,9 @@ class Config:
     """How long to wait for the cluster to reserve the actors' resources before failing."""
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig())
     """Experiment tracking (the section is defined at the end of this file)."""
+    sft: SftConfig = field(default_factory=lambda: SftConfig())
+    """`score-ray sft`: STaR, Pair-SFT and gold-answer baselines (defined at the end of this
+    file; docs/sft.md)."""
 
     def problems(self) -> list[str]:
         """Every problem of the config: each section's, the top-level keys', then those across
@@ -632,6 +635,11 @@ def cross_section_problems(cfg: Config) -> list[str]:
         "prompts.answer_format",
         f"must be 'code' exactly when task.source is one of {list(CODE_TASK_SOURCES)}",
     )
+    check.need(
+        cfg.sft.method != "gold" or cfg.prompts.answer_format in ("answer_tag", "boxed"),
+        "sft.method",
+        "gold writes `work = answer` targets; it needs prompts.answer_format answer_tag or boxed",
+    )
     _check_sync(cfg, check)
     return check.problems
 
@@ -765,6 +773,88 @@ class LoggingConfig:
             f"listed twice in {self.backends}",
         )
         check.need(bool(self.project.strip()), "project", "must not be empty")
+        return check.problems
+
+
+# -- SFT baselines (`score-ray sft`) ---------------------------------------------------------
+
+SFT_METHODS = ("star", "pair_sft", "gold")
+
+
+@dataclass
+class SftConfig:
+    method: str = "star"
+    """star (attempt-1-wrong, attempt-2-right traces of the current model, for `rounds`
+    rounds), pair_sft (a wrong and a right first attempt of the base model joined into one
+    trace) or gold (the task's reference answers: a base that can do the task). The command's
+    --method sets it."""
+    rounds: int = 1
+    """star: sample-filter-train rounds, each sampling from the previous round's model."""
+    problems_per_round: int = 256
+    """Training problems sampled per round (gold: problems trained on); 0: all of them."""
+    samples_per_prompt: int = 4
+    """star: two-attempt traces per problem; pair_sft: first attempts per problem (sampled at
+    rollout.temperature, as in RL)."""
+    min_examples: int = 16
+    """A round that keeps fewer examples is not trained on; its report says so."""
+    lr: float = 1e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    epochs: int = 1
+    """Passes over a round's examples."""
+    batch_size: int = 16
+    """Examples per optimizer step, over all workers."""
+    micro_batch_size: int = 8
+    """Examples per forward/backward on one worker; the rest is gradient accumulation."""
+    num_workers: int = 2
+    """Ray Train workers (torch DDP: gloo on CPU, NCCL on GPU)."""
+    use_gpu: bool = False
+    """One GPU per Ray Train worker."""
+    num_cpus: float = 1.0
+    """Ray CPUs per Ray Train worker."""
+    checkpoint_every: int = 50
+    """Report a Ray Train checkpoint every N optimizer steps (and after the last); a killed run
+    resumes from the newest one."""
+    max_failures: int = 0
+    """Ray Train worker failures retried inside one run (from the newest checkpoint); -1:
+    unlimited. Beyond them the command fails, and re-running it resumes."""
+    seed: int = 0
+    """Seed for problem choice, sampling and example order."""
+
+    def problems(self) -> list[str]:
+        """One message per bad `sft.*` key (the answer format check is in
+        `cross_section_problems`)."""
+        check = _Checker("sft")
+        check.choice(self.method, "method", SFT_METHODS)
+        check.at_least(self.rounds, "rounds", 1)
+        check.need(
+            self.method == "star" or self.rounds == 1, "rounds", "only star has rounds; use 1"
+        )
+        check.need(self.problems_per_round >= 0, "problems_per_round", "must be >= 0 (0: all)")
+        check.at_least(self.samples_per_prompt, "samples_per_prompt", 1)
+        check.need(
+            self.method != "pair_sft" or self.samples_per_prompt >= 2,
+            "samples_per_prompt",
+            "pair_sft needs >= 2 first attempts per problem (a wrong and a right one)",
+        )
+        check.at_least(self.min_examples, "min_examples", 1)
+        check.positive(self.lr, "lr")
+        check.at_least(self.weight_decay, "weight_decay", 0)
+        check.at_least(self.grad_clip, "grad_clip", 0)
+        check.at_least(self.epochs, "epochs", 1)
+        check.at_least(self.num_workers, "num_workers", 1)
+        check.need(
+            self.batch_size >= self.num_workers,
+            "batch_size",
+            f"must be >= sft.num_workers ({self.num_workers}): every worker needs an example",
+        )
+        check.at_least(self.micro_batch_size, "micro_batch_size", 1)
+        check.positive(self.num_cpus, "num_cpus")
+        check.at_least(self.checkpoint_every, "checkpoint_every", 1)
+        check.at_least(self.max_failures, "max_failures", -1)
         return check.problems
 
 
