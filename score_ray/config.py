@@ -226,6 +226,8 @@ class LearnerConfig:
     """Extra Ray resources per learner rank (pinning, as rollout.resources)."""
     threads: int = 0
     """Torch threads per rank (0: cores of the node divided by the local world size)."""
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig())
+    """LoRA adapter training (the section is defined at the end of this file)."""
 
 
 @dataclass
@@ -555,6 +557,7 @@ def validate(cfg: Config) -> None:
     if model_problem:
         problems.append(f"model.path: {model_problem}")
     problems += logging_problems(cfg.logging)
+    problems += lora_problems(cfg.learner.lora, cfg.learner.zero_stage)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -637,15 +640,17 @@ def markdown_reference() -> str:
             shown = shown[:37] + "..."
         rows.append(f"| `{key}` | `{shown}` | {doc} |")
 
-    defaults = Config()
-    for section in dataclasses.fields(defaults):
-        value = getattr(defaults, section.name)
-        if not dataclasses.is_dataclass(value):
-            row(section.name, value, docs.get(("Config", section.name), ""))
-            continue
+    def rows_of(value: Any, prefix: str) -> None:
+        # Nested sections (learner.lora) get one row per leaf key, as top-level ones do.
         for item in dataclasses.fields(value):
-            doc = docs.get((type(value).__name__, item.name), "")
-            row(f"{section.name}.{item.name}", getattr(value, item.name), doc)
+            child = getattr(value, item.name)
+            if dataclasses.is_dataclass(child):
+                rows_of(child, f"{prefix}{item.name}.")
+            else:
+                doc = docs.get((type(value).__name__, item.name), "")
+                row(f"{prefix}{item.name}", child, doc)
+
+    rows_of(Config(), "")
     return "\n".join(rows)
 
 
@@ -690,6 +695,64 @@ def logging_problems(section: LoggingConfig) -> list[str]:
         problems.append(f"logging.backends: listed twice in {section.backends}")
     if not section.project.strip():
         problems.append("logging.project: must not be empty")
+    return problems
+
+
+# -- LoRA -------------------------------------------------------------------------------------
+
+LORA_SYNC_MODES = ("merged",)
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0
+    """LoRA rank r (0: off, full fine-tuning). With r > 0 the learner trains only a peft adapter
+    (B @ A, r x in and out x r per target) and the reference model is the same module with the
+    adapter disabled: no second copy of the weights. See docs/lora.md."""
+    alpha: float = 16.0
+    """LoRA scale numerator: the update is (alpha / rank) * B @ A."""
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
+    """Names (last part) of the linear layers that get an adapter (peft's target_modules)."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input in training (0 keeps train and rollout log-probs equal)."""
+    sync: str = "merged"
+    """What weight sync sends: merged (W + (alpha / rank) * B @ A per target, under the base
+    names: vLLM needs no LoRA support; the trained module is not changed)."""
+
+
+def lora_problems(section: LoraConfig, zero_stage: int) -> list[str]:
+    """What is wrong with the `learner.lora` section, one message per bad key."""
+    key = "learner.lora"
+    problems = []
+    if section.rank < 0:
+        problems.append(f"{key}.rank: must be >= 0 (0: off), got {section.rank}")
+    if section.rank <= 0:
+        return problems  # off: the other keys are unused
+    if section.alpha <= 0:
+        problems.append(f"{key}.alpha: must be > 0, got {section.alpha}")
+    if not 0 <= section.dropout < 1:
+        problems.append(f"{key}.dropout: must be in [0, 1), got {section.dropout}")
+    names = section.target_modules
+    if not names or not all(name.strip() for name in names):
+        problems.append(f"{key}.target_modules: must be a non-empty list of module names")
+    elif len(set(names)) != len(names):
+        problems.append(f"{key}.target_modules: listed twice in {names}")
+    if section.sync not in LORA_SYNC_MODES:
+        problems.append(f"{key}.sync: must be one of {list(LORA_SYNC_MODES)}, got {section.sync!r}")
+    if zero_stage == 3:
+        # The merged sync reads each target's W, A and B together; under ZeRO-3 they are
+        # shards on different ranks (not built: LoRA's optimizer state is small anyway).
+        problems.append(f"{key}.rank: LoRA needs learner.zero_stage <= 2, got 3")
     return problems
 
 
