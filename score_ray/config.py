@@ -700,7 +700,7 @@ def logging_problems(section: LoggingConfig) -> list[str]:
 
 # -- LoRA -------------------------------------------------------------------------------------
 
-LORA_SYNC_MODES = ("merged",)
+LORA_SYNC_MODES = ("merged", "adapter")
 
 
 @dataclass
@@ -727,7 +727,9 @@ class LoraConfig:
     """Dropout on the adapter's input in training (0 keeps train and rollout log-probs equal)."""
     sync: str = "merged"
     """What weight sync sends: merged (W + (alpha / rank) * B @ A per target, under the base
-    names: vLLM needs no LoRA support; the trained module is not changed)."""
+    names: vLLM needs no LoRA support; the trained module is not changed) or adapter (only A
+    and B, through the object store; vLLM serves them with enable_lora, one LoRARequest per
+    weight version). docs/lora.md has the measurements behind the default."""
 
 
 def lora_problems(section: LoraConfig, zero_stage: int) -> list[str]:

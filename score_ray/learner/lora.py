@@ -125,6 +125,35 @@ def base_parameter_shapes(model: Any) -> list[tuple[str, list[int]]]:
     ]
 
 
+# vLLM's accepted max_lora_rank values (vllm/config/lora.py, MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+ADAPTER_TRANSPORT = "lora_adapter"  # WeightHandle.transport of an adapter-only sync
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds an adapter of rank `rank`."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"learner.lora.rank {rank} is above vLLM's largest ({VLLM_LORA_RANKS[-1]})")
+
+
+def adapter_files(model: Any) -> dict[str, bytes]:
+    """The peft adapter as its files (adapter_config.json, adapter_model.safetensors): the
+    format vLLM's LoRA loader reads, so the rollout side writes them out and loads them."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="score-ray-adapter-") as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        return {path.name: path.read_bytes() for path in Path(folder).iterdir() if path.is_file()}
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's tensors by their full names: what a LoRA checkpoint must hold."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters the optimizer must see (with LoRA: only the adapter's)."""
     return [param for param in model.parameters() if param.requires_grad]

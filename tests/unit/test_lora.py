@@ -197,3 +197,22 @@ def test_non_linear_targets_are_refused():
                 None, ["learner.lora.rank=2", "learner.lora.target_modules=[embed_tokens]"]
             ).learner.lora,
         )
+
+
+def test_vllm_max_lora_rank_is_the_smallest_that_fits():
+    from score_ray.learner.lora import vllm_max_lora_rank
+
+    assert [vllm_max_lora_rank(r) for r in (1, 2, 8, 9, 64)] == [1, 8, 8, 16, 64]
+    with pytest.raises(ValueError, match="rank"):
+        vllm_max_lora_rank(1000)
+
+
+def test_adapter_sync_mode_configures_vllm_lora():
+    from score_ray.rollout.worker import engine_kwargs, serves_adapter
+
+    cfg = load_config(None, ["learner.lora.rank=4", "learner.lora.sync=adapter"])
+    assert serves_adapter(cfg)
+    kwargs = engine_kwargs(cfg, "/model", 0)
+    assert (kwargs["enable_lora"], kwargs["max_loras"], kwargs["max_lora_rank"]) == (True, 1, 8)
+    merged = load_config(None, ["learner.lora.rank=4"])
+    assert not serves_adapter(merged) and "enable_lora" not in engine_kwargs(merged, "/m", 0)
