@@ -216,3 +216,23 @@ def test_adapter_sync_mode_configures_vllm_lora():
     assert (kwargs["enable_lora"], kwargs["max_loras"], kwargs["max_lora_rank"]) == (True, 1, 8)
     merged = load_config(None, ["learner.lora.rank=4"])
     assert not serves_adapter(merged) and "enable_lora" not in engine_kwargs(merged, "/m", 0)
+
+
+def test_adapter_files_are_what_peft_loads(tmp_path):
+    from peft import PeftModel
+
+    from score_ray.learner.lora import adapter_files
+
+    policy = wrap_with_lora(_tiny_llama(), _lora_config())
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    ids = torch.randint(0, 64, (2, 7))
+    expected = policy(input_ids=ids).logits
+    files = adapter_files(policy)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(files)
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    loaded = PeftModel.from_pretrained(_tiny_llama(), str(tmp_path))
+    assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-6)
