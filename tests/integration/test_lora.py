@@ -105,3 +105,30 @@ def test_lora_sync_parity_resume_and_final(ray_local, tiny_model_path, tmp_path)
     assert max_abs_diff(resumed.sequence_logprobs(probe), step2) < 1e-5
     resumed.shutdown()
     rollout.shutdown()
+
+
+def test_lora_adapter_only_sync_parity(ray_local, tiny_model_path, tmp_path):
+    """learner.lora.sync=adapter: vLLM serves the adapter as a LoRA (punica CPU path); after
+    each of two syncs (the second replaces the first adapter) its log-probs are the learner's."""
+    cfg = tiny_config(tmp_path, *LORA, "learner.lora.sync=adapter")
+    rollout = RolloutGroup(cfg, tiny_model_path)
+    learner = LearnerGroup(cfg, tiny_model_path)
+    problems = [Problem(f"p{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(2)]
+    traces = rollout.generate(problems, samples_per_prompt=2, greedy=False, seed=1)
+    probe = [traces[0].token_ids]
+    before = rollout.sequence_logprobs(probe)
+    batch = collate_traces(traces, pad_id=0)
+    advantage = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    for version in (1, 2):
+        learner.train_step(batch, advantage, -advantage, stage=1)
+        handle = sync_weights(learner, rollout, version)
+        assert handle.transport == "lora_adapter" and handle.num_bytes < 1_000_000
+        assert max_abs_diff(rollout.sequence_logprobs(probe), learner.sequence_logprobs(probe)) < (
+            LOGPROB_TOL
+        )
+    assert max_abs_diff(rollout.sequence_logprobs(probe), before) > 10 * LOGPROB_TOL
+    after_sync = rollout.generate(problems, 2, False, 2)
+    assert all(t.weight_version == 2 for t in after_sync)
+    assert_sampling_logprobs_match(learner, after_sync)
+    learner.shutdown()
+    rollout.shutdown()
