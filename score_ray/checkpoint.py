@@ -50,6 +50,7 @@ DRIVER_STATE = "driver_state.json"
 LATEST = "latest"
 LEARNER = "learner"
 FINAL = "final"
+FINAL_ADAPTER = "final_adapter"  # learner.lora: the adapter alone, next to the merged final/
 STAGING_PREFIX = "score-ray-ckpt-"
 """Temporary folders under a node's TMPDIR that hold a rank's part on its way up or down."""
 
@@ -236,20 +237,21 @@ def read_driver_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
         return json.loads(stream.read().decode())
 
 
-def write_final(cfg: Config, write: Callable[[str], None]) -> Path:
-    """Have the learner write the trained HF folder to OUTPUT_DIR/final (`write(location)`).
+def write_final(cfg: Config, write: Callable[[str], None], name: str = FINAL) -> Path:
+    """Have the learner write the trained HF folder to OUTPUT_DIR/final (`write(location)`;
+    `name`: another folder, e.g. FINAL_ADAPTER).
 
     With train.checkpoint_uri the learner, maybe on a node that does not share the driver's
     disk, uploads it to CHECKPOINT_URI/final, and the driver downloads it from there."""
-    local = Path(cfg.output_dir) / FINAL
+    local = Path(cfg.output_dir) / name
     if not cfg.train.checkpoint_uri:
         write(str(local))
         return local
     root = _Root(checkpoint_location(cfg))
-    root.remove(FINAL)  # files of an earlier attempt would mix with the new ones
-    write(root.child(FINAL))
+    root.remove(name)  # files of an earlier attempt would mix with the new ones
+    write(root.child(name))
     shutil.rmtree(local, ignore_errors=True)
-    copy_tree(root.child(FINAL), str(local))
+    copy_tree(root.child(name), str(local))
     return local
 
 

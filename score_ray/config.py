@@ -335,6 +335,8 @@ class LearnerConfig:
     """Extra Ray resources per learner rank (pinning, as rollout.resources)."""
     threads: int = 0
     """Torch threads per rank (0: cores of the node divided by the local world size)."""
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig())
+    """LoRA adapter training (the section is defined at the end of this file)."""
 
     def problems(self) -> list[str]:
         """One message per bad `learner.*` key."""
@@ -346,6 +348,14 @@ class LearnerConfig:
         check.at_least(self.micro_batch_size, "micro_batch_size", 1)
         check.choice(self.zero_stage, "zero_stage", ZERO_STAGES)
         check.actor_resources(self.num_cpus, self.num_gpus, self.resources)
+        check.problems += self.lora.problems()
+        # The merged sync reads each target's W, A and B together; under ZeRO-3 they are
+        # shards on different ranks (not built: LoRA's optimizer state is small anyway).
+        check.need(
+            self.lora.rank <= 0 or self.zero_stage != 3,
+            "lora.rank",
+            f"LoRA needs learner.zero_stage <= 2, got {self.zero_stage}",
+        )
         return check.problems
 
 
@@ -720,15 +730,17 @@ def markdown_reference() -> str:
             shown = shown[:37] + "..."
         rows.append(f"| `{key}` | `{shown}` | {doc} |")
 
-    defaults = Config()
-    for section in dataclasses.fields(defaults):
-        value = getattr(defaults, section.name)
-        if not dataclasses.is_dataclass(value):
-            row(section.name, value, docs.get(("Config", section.name), ""))
-            continue
+    def rows_of(value: Any, prefix: str) -> None:
+        # Nested sections (learner.lora) get one row per leaf key, as top-level ones do.
         for item in dataclasses.fields(value):
-            doc = docs.get((type(value).__name__, item.name), "")
-            row(f"{section.name}.{item.name}", getattr(value, item.name), doc)
+            child = getattr(value, item.name)
+            if dataclasses.is_dataclass(child):
+                rows_of(child, f"{prefix}{item.name}.")
+            else:
+                doc = docs.get((type(value).__name__, item.name), "")
+                row(f"{prefix}{item.name}", child, doc)
+
+    rows_of(Config(), "")
     return "\n".join(rows)
 
 
@@ -855,6 +867,56 @@ class SftConfig:
         check.positive(self.num_cpus, "num_cpus")
         check.at_least(self.checkpoint_every, "checkpoint_every", 1)
         check.at_least(self.max_failures, "max_failures", -1)
+        return check.problems
+
+
+# -- LoRA -------------------------------------------------------------------------------------
+
+LORA_SYNC_MODES = ("merged", "adapter")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0
+    """LoRA rank r (0: off, full fine-tuning). With r > 0 the learner trains only a peft adapter
+    (B @ A, r x in and out x r per target) and the reference model is the same module with the
+    adapter disabled: no second copy of the weights. See docs/lora.md."""
+    alpha: float = 16.0
+    """LoRA scale numerator: the update is (alpha / rank) * B @ A."""
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
+    """Names (last part) of the linear layers that get an adapter (peft's target_modules)."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input in training (0 keeps train and rollout log-probs equal)."""
+    sync: str = "merged"
+    """What weight sync sends: merged (W + (alpha / rank) * B @ A per target, under the base
+    names: vLLM needs no LoRA support; the trained module is not changed) or adapter (only A
+    and B, through the object store; vLLM serves them with enable_lora, one LoRARequest per
+    weight version). docs/lora.md has the measurements behind the default."""
+
+    def problems(self) -> list[str]:
+        """One message per bad `learner.lora.*` key (none checked beyond rank when off)."""
+        check = _Checker("learner.lora")
+        check.at_least(self.rank, "rank", 0)
+        if self.rank <= 0:
+            return check.problems  # off: the other keys are unused
+        check.positive(self.alpha, "alpha")
+        check.need(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        names = self.target_modules
+        if not names or not all(name.strip() for name in names):
+            check.fail("target_modules", "must be a non-empty list of module names")
+        else:
+            check.need(len(set(names)) == len(names), "target_modules", f"listed twice in {names}")
+        check.choice(self.sync, "sync", LORA_SYNC_MODES)
         return check.problems
 
 

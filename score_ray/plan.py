@@ -38,7 +38,11 @@ from typing import Any
 from score_ray.cluster_spec import NodeType, local_node_type, read_cluster, with_gpu_memory
 from score_ray.config import CODE_TASK_SOURCES, Config, load_config
 from score_ray.launch import add_config_arguments, local_cpus
-from score_ray.learner.actor import REFERENCE_SHARDED, reference_placement
+from score_ray.learner.actor import (
+    REFERENCE_ADAPTER_DISABLED,
+    REFERENCE_SHARDED,
+    reference_placement,
+)
 from score_ray.model_facts import ModelFacts, model_facts
 from score_ray.placement import (
     LayoutError,
@@ -177,7 +181,10 @@ def learner_estimate(cfg: Config, facts: ModelFacts) -> Estimate:
 
 def reference_bytes(cfg: Config, whole: float, on_gpu: bool) -> float:
     """The reference model's bytes on one learner rank's device during a step."""
-    if reference_placement(cfg, on_gpu) != REFERENCE_SHARDED:
+    placement = reference_placement(cfg, on_gpu)
+    if placement == REFERENCE_ADAPTER_DISABLED:
+        return 0.0  # LoRA: the policy with its adapter disabled, no second copy
+    if placement != REFERENCE_SHARDED:
         return whole  # resident, or offloaded between steps but whole during one
     if on_gpu and cfg.rollout.colocate_with_learner:
         return 0.0  # ZeRO-3 parameter offload: only the layer being run comes to the GPU

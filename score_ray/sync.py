@@ -82,7 +82,12 @@ def sync_weights(learner: LearnerGroup, rollout: RolloutGroup, version: int) -> 
             call, timeout_s=sync_deadline(learner.cfg), roles=(role,), what=what
         )[0]
 
-    if transport == "object_store":
+    lora = learner.cfg.learner.lora
+    if lora.rank > 0 and lora.sync == "adapter":
+        # The adapter alone, through the object store whatever the transport: a few MB.
+        handle = learner.send_adapter(version)
+        rollout.update_weights(handle)
+    elif transport == "object_store":
         handle = learner.send_weights(version)
         rollout.update_weights(handle)
     elif transport == "nccl":

@@ -40,6 +40,7 @@ from score_ray.algo import TraceBatch, attempt_rewards, collate_traces
 from score_ray.algo.advantages import trace_advantages
 from score_ray.algo.traces import Attempt, Trace
 from score_ray.checkpoint import (
+    FINAL_ADAPTER,
     checkpoint_location,
     latest_checkpoint,
     learner_dir,
@@ -201,7 +202,9 @@ class Trainer:
                     bar.refresh()
         final = self.evaluate(tag="final")
         self.metrics.log_final(final, self.global_step)
-        write_final(cfg, self.actors.learner.save_pretrained)
+        write_final(cfg, self.actors.learner.save_pretrained)  # LoRA: merged into the base
+        if cfg.learner.lora.rank > 0:
+            write_final(cfg, self.actors.learner.save_adapter, FINAL_ADAPTER)
         self.metrics.close()
         return final
 

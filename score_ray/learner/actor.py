@@ -10,8 +10,14 @@ API (called on every rank of the group at once; see `LearnerGroup`):
     describe_weights(version)           -> WeightHandle   rank 0: names/shapes/dtypes (nccl)
     init_weight_transport(info) / release_weights()       transport set-up and clean-up
     save_pretrained(path)               -> None   HF folder that transformers and vLLM load
+                                                  (with LoRA: the adapter merged in)
+    save_adapter(path)                  -> None   LoRA only: the peft adapter alone
     memory_report()                     -> dict   where the reference lives, its bytes on this
                                                   rank, CUDA allocator figures (GPU)
+
+With `learner.lora.rank` > 0 the policy is a peft LoRA model: only the adapter trains, the
+reference is the same module with the adapter disabled, and weights leave the learner
+merged, under the base model's names (`score_ray.learner.lora`).
 
 The frozen reference model follows the policy's memory plan (`reference_placement`):
 under ZeRO-3 it is a DeepSpeed ZeRO-3 engine of its own (no optimizer), so each rank holds
@@ -42,6 +48,15 @@ from score_ray.algo import (
 )
 from score_ray.checkpoint import staged_read, staged_write
 from score_ray.config import Config
+from score_ray.learner.lora import (
+    ADAPTER_TRANSPORT,
+    adapter_files,
+    base_parameter_shapes,
+    merged_named_parameters,
+    trainable_parameters,
+    trainable_state_dict,
+    wrap_with_lora,
+)
 from score_ray.placement import torch_threads
 from score_ray.transport import (
     MIB,
@@ -74,10 +89,14 @@ REFERENCE_OFFLOADED = "offloaded"
 """ZeRO 0-2 colocated on a GPU: whole, on the GPU only during train_step."""
 REFERENCE_RESIDENT = "resident"
 """Otherwise: whole, on the learner's device."""
+REFERENCE_ADAPTER_DISABLED = "adapter_disabled"
+"""LoRA: no copy, the policy itself with its adapter disabled."""
 
 
 def reference_placement(cfg: Config, on_gpu: bool) -> str:
     """Where the frozen reference model lives (see the module docstring)."""
+    if cfg.learner.lora.rank > 0:
+        return REFERENCE_ADAPTER_DISABLED
     if cfg.learner.zero_stage == 3:
         return REFERENCE_SHARDED
     if on_gpu and cfg.rollout.colocate_with_learner:
@@ -127,7 +146,8 @@ class Learner:
         if not self.on_gpu:
             os.environ["DS_ACCELERATOR"] = "cpu"
         self.engine: Any = None
-        self.reference: Any = None
+        self.reference: Any = None  # None with LoRA: the policy with its adapter disabled
+        self.lora = cfg.learner.lora.rank > 0
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the process group and build the DeepSpeed engine (collective: all ranks)."""
@@ -150,8 +170,14 @@ class Learner:
         policy = AutoModelForCausalLM.from_pretrained(self.model_path, torch_dtype=dtype)
         if self.cfg.learner.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
+        if self.lora:
+            policy = wrap_with_lora(policy, self.cfg.learner.lora)
+            if self.cfg.learner.gradient_checkpointing:
+                # Frozen embeddings give checkpointed blocks inputs without grad, and
+                # reentrant checkpointing would then drop the adapters' gradients.
+                policy.enable_input_require_grads()
         optimizer = torch.optim.AdamW(
-            policy.parameters(),
+            trainable_parameters(policy),  # with LoRA: the adapter only
             lr=self.cfg.learner.lr,
             betas=(self.cfg.learner.adam_beta1, self.cfg.learner.adam_beta2),
             weight_decay=self.cfg.learner.weight_decay,
@@ -161,14 +187,22 @@ class Learner:
             optimizer=optimizer,
             config=deepspeed_config(self.cfg, self.on_gpu),
         )
-        reference = AutoModelForCausalLM.from_pretrained(self.model_path, torch_dtype=dtype)
-        self.reference = self._build_reference(reference.eval().requires_grad_(False))
+        self.reference_placement = reference_placement(self.cfg, self.on_gpu)
+        if self.lora:
+            # DeepSpeed's exclude_frozen_parameters drops the frozen tensors it finds in
+            # named_parameters(), which lists a tied weight once: the tied lm_head (the
+            # embedding's size, 113 MB on SmolLM2) stayed in every checkpoint. Save exactly
+            # the adapter instead.
+            module = self.engine.module
+            self.engine.module_state_dict = lambda *_, **__: trainable_state_dict(module)
+        else:  # LoRA's reference is the policy with its adapter disabled
+            reference = AutoModelForCausalLM.from_pretrained(self.model_path, torch_dtype=dtype)
+            self.reference = self._build_reference(reference.eval().requires_grad_(False))
         self.transport = make_transport(choose_transport(self.cfg), self.cfg.sync.bucket_mb * MIB)
 
     def _build_reference(self, model: Any) -> Any:
         """The frozen reference, placed as `reference_placement` says (collective under ZeRO-3:
         every rank builds its engine at once)."""
-        self.reference_placement = reference_placement(self.cfg, self.on_gpu)
         if self.reference_placement == REFERENCE_SHARDED:
             import deepspeed
 
@@ -264,8 +298,7 @@ class Learner:
             piece = _to_device(piece, self.engine.device)
             temperatures = self._temperatures(piece)
             logprobs = self._logprobs(self.engine, piece, share, temperatures)
-            with torch.no_grad():
-                ref_logprobs = self._logprobs(self.reference, piece, share, temperatures)
+            ref_logprobs = self._reference_logprobs(piece, share, temperatures)
             terms = score_loss(
                 logprobs,
                 ref_logprobs,
@@ -289,6 +322,20 @@ class Learner:
         grad_norm = self.engine.get_global_grad_norm()
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         return totals
+
+    @torch.no_grad()
+    def _reference_logprobs(
+        self, batch: TraceBatch, share_prefix: bool, temperature: float | torch.Tensor
+    ) -> torch.Tensor:
+        """[B, T] the frozen reference's log-probs (as `_logprobs`). With LoRA: the policy
+        module itself with the adapter switched off, i.e. exactly the base weights. The
+        module is called directly, not through the engine, so no DeepSpeed hook sees a
+        second forward before the backward."""
+        if not self.lora:
+            return self._logprobs(self.reference, batch, share_prefix, temperature)
+        module = self.engine.module
+        with module.disable_adapter():
+            return self._logprobs(module, batch, share_prefix, temperature)
 
     @staticmethod
     def _logprobs(
@@ -365,6 +412,11 @@ class Learner:
         only one parameter is whole at once."""
         import deepspeed
 
+        if self.lora:  # config validation keeps LoRA at ZeRO <= 2: parameters are whole
+            if every_rank or self.rank == 0:
+                for name, tensor in merged_named_parameters(self.engine.module):
+                    yield name, tensor.to(dtype=dtype, device=device, copy=True)
+            return
         zero3 = self.cfg.learner.zero_stage == 3
         for name, param in self.engine.module.named_parameters():
             context = (
@@ -380,6 +432,10 @@ class Learner:
         """(vLLM name, full shape, rollout dtype) of every parameter, without gathering
         (ZeRO-3 keeps the full shape in `ds_shape`)."""
         dtype = _TORCH_DTYPES[self.cfg.rollout.dtype]
+        if self.lora:  # the merged weights, under the base names
+            return [
+                (name, shape, dtype) for name, shape in base_parameter_shapes(self.engine.module)
+            ]
         return [
             (vllm_weight_name(name), list(getattr(param, "ds_shape", param.shape)), dtype)
             for name, param in self.engine.module.named_parameters()
@@ -414,6 +470,18 @@ class Learner:
             named = check_specs(named, self.weight_specs())
         return self.transport.send(named, version)
 
+    def send_adapter(self, version: int) -> WeightHandle | None:
+        """learner.lora.sync=adapter, rank 0: publish the adapter alone (a few MB) to the Ray
+        object store, whatever sync.transport is; the rollout loads it as a vLLM LoRA."""
+        if self.rank != 0:  # ZeRO <= 2: rank 0 holds the whole adapter
+            return None
+        import ray
+
+        files = adapter_files(self.engine.module)
+        num_tensors = sum(1 for name, _ in self.engine.module.named_parameters() if "lora_" in name)
+        size = sum(len(data) for data in files.values())
+        return WeightHandle(version, ADAPTER_TRANSPORT, ray.put(files), size, num_tensors)
+
     def release_weights(self) -> None:
         """After the rollout workers loaded a sync: free what the transport kept (cuda_ipc:
         the exported copy) and return it to the driver, before vLLM maps its KV cache."""
@@ -424,11 +492,16 @@ class Learner:
         """Model, optimizer and scheduler state of this rank (collective: all ranks). To a
         URI: written on this node, then uploaded (`staged_write`)."""
         with staged_write(directory) as local:
-            self.engine.save_checkpoint(local, tag="learner")
+            # LoRA: the frozen base comes from model.path on resume; only the adapter and
+            # its optimizer state are run state (a few MB instead of the whole model).
+            self.engine.save_checkpoint(local, tag="learner", exclude_frozen_parameters=self.lora)
 
     def load_checkpoint(self, directory: str) -> None:
         with staged_read(directory) as local:  # a URI is downloaded to this node first
-            path, _ = self.engine.load_checkpoint(local, tag="learner")
+            # LoRA checkpoints hold the adapter only; the base weights are already loaded.
+            path, _ = self.engine.load_checkpoint(
+                local, tag="learner", load_module_strict=not self.lora
+            )
         if path is None:
             raise FileNotFoundError(f"no learner checkpoint in {directory}")
 
@@ -439,13 +512,25 @@ class Learner:
         state = dict(self.named_parameters_gathered(_TORCH_DTYPES[self.cfg.model.dtype]))
         if self.rank != 0:
             return
-        module = self.engine.module
+        # With LoRA, `state` holds the merged weights under the base names; the base
+        # model's own class writes them (its config, no adapter_config.json).
+        module = self.engine.module.get_base_model() if self.lora else self.engine.module
         with staged_write(path) as local:  # a URI: written here, then uploaded
             module.save_pretrained(local, state_dict=state, safe_serialization=True)
             AutoTokenizer.from_pretrained(self.model_path).save_pretrained(local)
             generation_config = getattr(module, "generation_config", None)
             if generation_config is not None:
                 generation_config.save_pretrained(local)
+
+    def save_adapter(self, path: str) -> None:
+        """LoRA only: write the peft adapter alone (adapter_config.json and weights), which
+        `peft.PeftModel.from_pretrained(base, path)` or vLLM's LoRA support load."""
+        if not self.lora:
+            raise ValueError("save_adapter needs learner.lora.rank > 0")
+        if self.rank != 0:  # ZeRO <= 2: rank 0 holds the whole adapter
+            return
+        with staged_write(path) as local:
+            self.engine.module.save_pretrained(local, safe_serialization=True)
 
 
 def reference_bytes(model: Any) -> int:

@@ -113,6 +113,14 @@ class LearnerGroup:
     def save_pretrained(self, path: str) -> None:
         self._get([r.save_pretrained.remote(path) for r in self.ranks])
 
+    def send_adapter(self, version: int) -> WeightHandle:
+        """learner.lora.sync=adapter: rank 0 publishes the adapter (ZeRO <= 2: it has it)."""
+        return self._get(self.ranks[0].send_adapter.remote(version))
+
+    def save_adapter(self, path: str) -> None:
+        """LoRA only: the adapter alone (rank 0 writes it)."""
+        self._get([r.save_adapter.remote(path) for r in self.ranks])
+
     def save_checkpoint(self, directory: str) -> None:
         self._get([r.save_checkpoint.remote(directory) for r in self.ranks])
 

@@ -33,9 +33,10 @@ from typing import Any
 
 from score_ray.algo.traces import Attempt, Trace
 from score_ray.config import Config
+from score_ray.learner.lora import ADAPTER_TRANSPORT, vllm_max_lora_rank
 from score_ray.placement import torch_threads
 from score_ray.prompts import PromptBuilder
-from score_ray.rollout.sleep import SleepState
+from score_ray.rollout.sleep import SLEEP_LEVEL, SleepState
 from score_ray.tasks.base import Problem
 from score_ray.transport import (
     MIB,
@@ -103,6 +104,11 @@ def engine_kwargs(cfg: Config, model_path: str, worker_index: int) -> dict[str, 
         kwargs["weight_transfer_config"] = {"backend": transfer}
     if cfg.rollout.colocate_with_learner:
         kwargs["enable_sleep_mode"] = True
+    if serves_adapter(cfg):
+        # One adapter at a time: each sync replaces the previous version's.
+        kwargs.update(
+            enable_lora=True, max_loras=1, max_lora_rank=vllm_max_lora_rank(cfg.learner.lora.rank)
+        )
     return kwargs
 
 
@@ -122,6 +128,19 @@ def executor_backend(cfg: Config) -> str | None:
     return "mp" if cfg.rollout.tensor_parallel_size > 1 else None
 
 
+def serves_adapter(cfg: Config) -> bool:
+    """learner.lora.sync=adapter: the engine keeps the base weights and serves the trained
+    weights as a vLLM LoRA adapter, one LoRARequest per weight version."""
+    return cfg.learner.lora.rank > 0 and cfg.learner.lora.sync == "adapter"
+
+
+def sleep_level(cfg: Config) -> int:
+    """vLLM sleep level of a colocated engine: 2 (weights discarded, `rollout.sleep`) unless it
+    serves a LoRA adapter. Level 2's weights come back only with a full sync, and an adapter
+    sync sends no base weights, so such an engine sleeps at level 1 (weights kept in CPU)."""
+    return 1 if serves_adapter(cfg) else SLEEP_LEVEL
+
+
 class RolloutWorker:
     def __init__(self, cfg: Config, model_path: str, worker_index: int) -> None:
         for key, value in rollout_env(cfg).items():
@@ -137,7 +156,8 @@ class RolloutWorker:
         self.prompts = PromptBuilder(self.llm.get_tokenizer(), cfg.prompts)
         self.transport = make_transport(choose_transport(cfg), cfg.sync.bucket_mb * MIB)
         self._version = 0
-        self._sleep = SleepState()
+        self._sleep = SleepState(level=sleep_level(cfg))
+        self._lora: Any = None  # the LoRARequest of the adapter version served (adapter sync)
         self._calls = itertools.count()
         self._cache = {"attempt1": [0, 0], "attempt2": [0, 0]}
         """Per attempt: [prompt tokens, of which prefix-cache hits] since start."""
@@ -322,7 +342,12 @@ class RolloutWorker:
 
         params = self._params(1, greedy, seed, attempt)
         params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate does
-        engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt_ids), params)
+        engine.add_request(
+            request_id,
+            TokensPrompt(prompt_token_ids=prompt_ids),
+            params,
+            lora_request=self._lora,
+        )
 
     def _count(self, attempt: str, result: Any) -> None:
         counts = self._cache[attempt]
@@ -345,7 +370,7 @@ class RolloutWorker:
         number = 1 if attempt == "attempt1" else 2
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
         params = [self._params(n, greedy, request, number) for request in seeds]
-        results = self.llm.generate(requests, params, use_tqdm=False)
+        results = self.llm.generate(requests, params, use_tqdm=False, lora_request=self._lora)
         for result in results:
             self._count(attempt, result)
         return [[_completion(out) for out in result.outputs] for result in results]
@@ -358,7 +383,7 @@ class RolloutWorker:
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in token_id_lists]
-        results = self.llm.generate(requests, params, use_tqdm=False)
+        results = self.llm.generate(requests, params, use_tqdm=False, lora_request=self._lora)
         out = []
         for ids, result in zip(token_id_lists, results, strict=True):
             # prompt_logprobs[0] is None (no context); entry t maps token id -> Logprob
@@ -372,7 +397,10 @@ class RolloutWorker:
                 f"got version {handle.version}; versions must increase"
             )
         self._sleep.check_loadable()
-        loaded = self.transport.receive(self.llm, handle)
+        if handle.transport == ADAPTER_TRANSPORT:
+            loaded = self._load_adapter(handle)
+        else:
+            loaded = self.transport.receive(self.llm, handle)
         if loaded != handle.num_tensors:
             raise RuntimeError(f"weight update loaded {loaded} tensors of {handle.num_tensors}")
         self._sleep.loaded()
@@ -380,6 +408,31 @@ class RolloutWorker:
         self.llm.reset_prefix_cache()
         self._version = handle.version
         return self._version
+
+    def _load_adapter(self, handle: WeightHandle) -> int:
+        """Adapter-only sync: write the adapter's files to this node's disk (vLLM's LoRA
+        loader reads a folder), load them as LoRA `handle.version`, serve it from now on,
+        and drop the previous version's adapter and files."""
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        import ray
+        from vllm.lora.request import LoRARequest
+
+        files: dict[str, bytes] = ray.get(handle.payload)
+        folder = Path(tempfile.mkdtemp(prefix=f"score-ray-lora-v{handle.version}-"))
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        request = LoRARequest(f"score-ray-v{handle.version}", handle.version, str(folder))
+        engine = self.llm.llm_engine
+        if not engine.add_lora(request):  # load now, so the sync's time includes it
+            raise RuntimeError(f"vLLM refused LoRA adapter version {handle.version}")
+        previous, self._lora = self._lora, request
+        if previous is not None:
+            engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
+        return handle.num_tensors
 
     def init_weight_transport(self, init_info: dict[str, Any]) -> None:
         """Join the learner's transfer group (nccl; blocks until every rank has joined)."""
