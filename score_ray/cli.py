@@ -30,7 +30,7 @@ from score_ray.config import (
 )
 from score_ray.demo import add_parser as add_demo_parser
 from score_ray.eval_cli import add_parser as add_eval_parser
-from score_ray.launch import add_config_arguments, init_ray, prepare_splits
+from score_ray.launch import add_config_arguments, init_ray, prepare_splits, resumed_config
 from score_ray.plan import add_parser as add_plan_parser
 from score_ray.sft.cli import add_parser as add_sft_parser
 
@@ -106,12 +106,7 @@ def _train(args: argparse.Namespace) -> int:
 def _train_config(args: argparse.Namespace) -> Config:
     """A fresh run's config, or a resumed run's saved config (plus overrides)."""
     if args.resume:
-        if args.config:
-            raise ConfigError("--resume uses the run's own config.yaml; drop --config")
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"--resume: {saved} not found (is {args.resume} a run folder?)")
-        return load_config(saved, [*args.overrides, f"output_dir={args.resume}"])
+        return resumed_config(args.resume, args.config, args.overrides, "a run folder")
     cfg = load_config(args.config, args.overrides)
     if (Path(cfg.output_dir) / "metrics.jsonl").exists():
         raise ConfigError(

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from score_ray.config import Config, ConfigError
+from score_ray.config import Config, ConfigError, load_config
 from score_ray.placement import layout
 from score_ray.tasks.base import Problem
 
@@ -105,3 +106,16 @@ def local_cpus(cfg: Config) -> int:
     Actors are placed by logical CPUs; on a small machine the local node gets enough of
     them for the configured layout (the actors take turns anyway)."""
     return max(os.cpu_count() or 1, math.ceil(required_cpus(cfg)))
+
+
+def resumed_config(
+    run_dir: str, config_files: list[str] | None, overrides: list[str], what: str
+) -> Config:
+    """`--resume RUN_DIR`: the run's own saved config.yaml plus `overrides`; `what` names the
+    kind of folder expected ("a run folder", "an SFT run") in the error when it is missing."""
+    if config_files:
+        raise ConfigError("--resume uses the run's own config.yaml; drop --config")
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume: {saved} not found (is {run_dir} {what}?)")
+    return load_config(saved, [*overrides, f"output_dir={run_dir}"])

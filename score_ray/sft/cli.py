@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from score_ray.config import SFT_METHODS, Config, ConfigError, load_config
-from score_ray.launch import add_config_arguments
+from score_ray.launch import add_config_arguments, resumed_config
 
 
 def add_parser(commands: Any) -> None:
@@ -76,12 +76,7 @@ def sft_config(args: argparse.Namespace) -> Config:
     """A fresh run's config (--method sets sft.method), or a resumed run's saved one."""
     method = [f"sft.method={args.method}"] if args.method else []
     if args.resume:
-        if args.config:
-            raise ConfigError("--resume uses the run's own config.yaml; drop --config")
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"--resume: {saved} not found (is {args.resume} an SFT run?)")
-        return load_config(saved, [*args.overrides, *method, f"output_dir={args.resume}"])
+        return resumed_config(args.resume, args.config, [*args.overrides, *method], "an SFT run")
     cfg = load_config(args.config, [*args.overrides, *method])
     if (Path(cfg.output_dir) / "config.yaml").exists():
         raise ConfigError(
