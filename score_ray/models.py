@@ -105,7 +105,7 @@ def build_tiny_model(cache_dir: str, seed: int = 0) -> str:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         _write_generation_config(out, tokenizer)
-        _add_legacy_rope_theta(out)
+        add_legacy_rope_theta(out)
 
     return _build_once(target, build, source=f"random init, seed {seed}")
 
@@ -208,7 +208,7 @@ def _convert_embedded(out: Path) -> None:
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
     _write_generation_config(out, tokenizer)
-    _add_legacy_rope_theta(out)
+    add_legacy_rope_theta(out)
 
 
 def _gguf_tokenizer(gguf: Path) -> PreTrainedTokenizerBase:
@@ -253,7 +253,7 @@ def _write_generation_config(out: Path, tokenizer: PreTrainedTokenizerBase) -> N
     GenerationConfig(**_special_ids(tokenizer)).save_pretrained(out)
 
 
-def _add_legacy_rope_theta(out: Path) -> None:
+def add_legacy_rope_theta(out: Path) -> None:
     """transformers 5 writes `rope_parameters`; also write `rope_theta` for older readers."""
     path = out / "config.json"
     config = json.loads(path.read_text())

@@ -17,7 +17,6 @@ on from its last checkpoint. The last checkpoint is the trained model.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from score_ray.models import add_legacy_rope_theta
 from score_ray.sft.examples import (
     SftExample,
     batch_plan,
@@ -169,18 +169,7 @@ def save_hf_folder(model: Any, folder: str, config: dict[str, Any]) -> None:
     source = Path(config["model_path"]) / "generation_config.json"
     if source.is_file():  # the base's own (vLLM reads sampling defaults from it)
         shutil.copy(source, Path(folder) / "generation_config.json")
-    _add_legacy_rope_theta(Path(folder))
-
-
-def _add_legacy_rope_theta(folder: Path) -> None:
-    """transformers 5 writes `rope_parameters`; also write `rope_theta` for older readers
-    (as score_ray.models does for the models it builds)."""
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    theta = (config.get("rope_parameters") or {}).get("rope_theta")
-    if theta is not None and "rope_theta" not in config:
-        config["rope_theta"] = theta
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    add_legacy_rope_theta(Path(folder))
 
 
 def fit(
