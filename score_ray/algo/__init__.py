@@ -8,7 +8,9 @@ from score_ray.algo.losses import (
     sampling_temperatures,
     score_loss,
     token_logprobs,
+    truncated_importance_weights,
 )
+from score_ray.algo.micro_batches import fixed_micro_batches, pack_by_token_budget
 from score_ray.algo.rewards import (
     attempt_returns,
     attempt_rewards,
@@ -26,12 +28,15 @@ __all__ = [
     "attempt_returns",
     "attempt_rewards",
     "collate_traces",
+    "fixed_micro_batches",
     "kl_per_token",
+    "pack_by_token_budget",
     "rloo_advantages",
     "sampling_temperatures",
     "score_loss",
     "stage1_rewards",
     "stage2_rewards",
     "token_logprobs",
+    "truncated_importance_weights",
     "two_attempt_advantages",
 ]

@@ -102,6 +102,26 @@ def attempt_kl_coefficients(
     raise ValueError(f"stage must be 1 or 2, got {stage}")
 
 
+def truncated_importance_weights(
+    logprobs: torch.Tensor,  # [B, T] learner's current policy (grad is not followed)
+    behaviour_logprobs: torch.Tensor,  # [B, T] the sampler's log-probs of the same tokens
+    cap: float,
+) -> torch.Tensor:  # [B, T] min(pi / mu, cap), no grad
+    """Per-token truncated importance sampling (TIS) weight w_t = min(pi(y_t) / mu(y_t), C).
+
+    Yao et al. (2025), "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"
+    (https://fengyao.notion.site/off-policy-rl): when tokens come from a behaviour policy mu
+    (an older weight version under one-step-off rollout, and a vLLM engine whose numerics
+    differ from the learner's) the policy gradient E_mu[w_t A grad log pi(y_t)] with the
+    token-level ratio truncated at C keeps the variance bounded at the price of a small bias;
+    verl (`algorithm.rollout_is_threshold`, token level, truncate mode; 2.0 in its docs) and
+    OpenRLHF apply it the same way. The weight is a constant of the gradient (detached): only
+    log pi carries the graph. Compute log(pi / mu) in log space; positions outside the
+    attempts (both log-probs 0) get weight 1 and are masked by the caller.
+    """
+    return torch.exp(logprobs.detach() - behaviour_logprobs).clamp(max=cap)
+
+
 @dataclass
 class LossTerms:
     loss: torch.Tensor
@@ -127,13 +147,17 @@ def score_loss(
     token_normalizer: float,
     kl_estimator: str = "k2",
     attempt1_weight: torch.Tensor | None = None,  # [B] weight of attempt 1's terms (default 1)
+    token_weights: torch.Tensor | None = None,  # [B, T] policy-gradient weight per token
 ) -> LossTerms:
     """REINFORCE with a per-attempt KL penalty (paper Eqs. 3 and 4).
 
-    For each trace b, with w_b = attempt1_weight[b]:
-        loss_b = ( w_b sum_{t in y1} (-A_1[b] log pi(t) + beta_1 KL_t)
-                     + sum_{t in y2} (-A_2[b] log pi(t) + beta_2 KL_t) ) / N
-    and the loss is the mean over traces. Summing over tokens keeps the exact
+    For each trace b, with w_b = attempt1_weight[b] and rho_t = token_weights[b, t] (default
+    1; under asynchronous rollout the truncated importance weights of
+    `truncated_importance_weights`):
+        loss_b = ( w_b sum_{t in y1} (-A_1[b] rho_t log pi(t) + beta_1 KL_t)
+                     + sum_{t in y2} (-A_2[b] rho_t log pi(t) + beta_2 KL_t) ) / N
+    and the loss is the mean over traces. rho weights the policy-gradient term only: the KL
+    anchor stays the per-token penalty on the sampled tokens. Summing over tokens keeps the exact
     sequence-level REINFORCE gradient (grad log pi(y) = sum_t grad log pi(y_t));
     the constant N (the per-attempt token budget) only sets its scale, without
     the length bias of a per-sequence mean. A mean over traces makes equal
@@ -151,8 +175,11 @@ def score_loss(
     if attempt1_weight is None:
         attempt1_weight = torch.ones_like(advantage1)
     kl = kl_per_token(logprobs, ref_logprobs, kl_estimator)
-    pg1 = -(advantage1.unsqueeze(-1) * logprobs * attempt1_mask).sum(-1)
-    pg2 = -(advantage2.unsqueeze(-1) * logprobs * attempt2_mask).sum(-1)
+    # On-policy (None) the product is skipped rather than multiplied by ones: the synchronous
+    # loss stays bit-for-bit what it was.
+    weighted = logprobs if token_weights is None else token_weights * logprobs
+    pg1 = -(advantage1.unsqueeze(-1) * weighted * attempt1_mask).sum(-1)
+    pg2 = -(advantage2.unsqueeze(-1) * weighted * attempt2_mask).sum(-1)
     kl1 = (kl * attempt1_mask).sum(-1)
     kl2 = (kl * attempt2_mask).sum(-1)
     pg_per_trace = (attempt1_weight * pg1 + pg2) / token_normalizer

@@ -82,17 +82,23 @@ class TraceBatch:
     attention_mask: torch.Tensor  # [B, T] long, 1 on real tokens
     attempt1_mask: torch.Tensor  # [B, T] float, 1 on attempt-1 tokens
     attempt2_mask: torch.Tensor  # [B, T] float, 1 on attempt-2 tokens
+    behaviour_logprobs: torch.Tensor  # [B, T] float, the sampler's log-prob of each attempt
+    # token (at its temperature), 0 elsewhere: the behaviour policy of the importance ratio
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def slice(self, start: int, stop: int) -> TraceBatch:
-        return TraceBatch(
-            self.input_ids[start:stop],
-            self.attention_mask[start:stop],
-            self.attempt1_mask[start:stop],
-            self.attempt2_mask[start:stop],
-        )
+        return TraceBatch(*(tensor[start:stop] for tensor in vars(self).values()))
+
+    def select(self, rows: list[int]) -> TraceBatch:
+        """The rows `rows`, in that order (a packed micro-batch)."""
+        index = torch.tensor(rows, dtype=torch.long)
+        return TraceBatch(*(tensor[index] for tensor in vars(self).values()))
+
+    def lengths(self) -> list[int]:
+        """Unpadded token count of each row."""
+        return self.attention_mask.sum(-1).tolist()
 
 
 def collate_traces(traces: list[Trace], pad_id: int) -> TraceBatch:
@@ -103,6 +109,7 @@ def collate_traces(traces: list[Trace], pad_id: int) -> TraceBatch:
     attention_mask = torch.zeros((batch, longest), dtype=torch.long)
     attempt1_mask = torch.zeros((batch, longest))
     attempt2_mask = torch.zeros((batch, longest))
+    behaviour = torch.zeros((batch, longest))
     for row, trace in enumerate(traces):
         ids = trace.token_ids
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
@@ -110,6 +117,18 @@ def collate_traces(traces: list[Trace], pad_id: int) -> TraceBatch:
         start1 = len(trace.prompt_ids)
         end1 = start1 + len(trace.attempt1_ids)
         start2 = end1 + len(trace.bridge_ids)
+        end2 = start2 + len(trace.attempt2_ids)
         attempt1_mask[row, start1:end1] = 1.0
-        attempt2_mask[row, start2 : start2 + len(trace.attempt2_ids)] = 1.0
-    return TraceBatch(input_ids, attention_mask, attempt1_mask, attempt2_mask)
+        attempt2_mask[row, start2:end2] = 1.0
+        for start, stop, logprobs in (
+            (start1, end1, trace.attempt1_logprobs),
+            (start2, end2, trace.attempt2_logprobs),
+        ):
+            if logprobs:  # hand-built traces may carry none: 0 there
+                if len(logprobs) != stop - start:
+                    raise ValueError(
+                        f"trace of {trace.problem_uid}: {len(logprobs)} sampling log-probs for "
+                        f"{stop - start} attempt tokens"
+                    )
+                behaviour[row, start:stop] = torch.tensor(logprobs)
+    return TraceBatch(input_ids, attention_mask, attempt1_mask, attempt2_mask, behaviour)

@@ -45,7 +45,9 @@ from score_ray.algo import (
     sampling_temperatures,
     score_loss,
     token_logprobs,
+    truncated_importance_weights,
 )
+from score_ray.algo.micro_batches import fixed_micro_batches
 from score_ray.checkpoint import staged_read, staged_write
 from score_ray.config import Config
 from score_ray.learner.lora import (
@@ -57,7 +59,7 @@ from score_ray.learner.lora import (
     trainable_state_dict,
     wrap_with_lora,
 )
-from score_ray.placement import torch_threads
+from score_ray.placement import pin_threads, thread_report, torch_threads
 from score_ray.transport import (
     MIB,
     ParamSpec,
@@ -81,6 +83,9 @@ class LearnerShard:
     advantage1: torch.Tensor  # [B] per-trace advantage of attempt 1
     advantage2: torch.Tensor  # [B] per-trace advantage of attempt 2
     attempt1_weight: torch.Tensor  # [B] weight of attempt 1's loss terms (score_loss)
+    micro_batches: list[list[int]] | None = None
+    """Row indices of each micro-batch (`score_ray.algo.micro_batches`); None: contiguous runs
+    of learner.micro_batch_size."""
 
 
 REFERENCE_SHARDED = "sharded"
@@ -163,7 +168,9 @@ class Learner:
         import deepspeed
         from transformers import AutoModelForCausalLM
 
-        torch.set_num_threads(torch_threads(self.cfg.learner.threads, self.cfg.learner.world_size))
+        learner = self.cfg.learner
+        pin_threads(learner.cpu_cores, "learner.cpu_cores")  # before the engine's threads exist
+        torch.set_num_threads(torch_threads(learner.threads, learner.world_size, learner.cpu_cores))
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
         torch.manual_seed(self.cfg.train.seed)
         dtype = _TORCH_DTYPES[self.cfg.model.dtype]
@@ -233,6 +240,10 @@ class Learner:
             }
         return report
 
+    def thread_report(self) -> dict[str, Any]:
+        """This rank's cores and torch threads (`score_ray.placement.thread_report`)."""
+        return thread_report()
+
     def node_id(self) -> str:
         import ray
 
@@ -279,48 +290,79 @@ class Learner:
             torch.cuda.empty_cache()
 
     def _train_step(self, shard: LearnerShard, stage: int) -> dict[str, float]:
-        """Micro-batches with gradient accumulation, then the optimizer step."""
+        """Micro-batches with gradient accumulation, then the optimizer step.
+
+        Each micro-batch's loss (a mean over its rows) is weighted by rows / (rows on this
+        rank) and the accumulation boundary is set by hand on the last one, so every trace
+        weighs the same in the gradient whether micro-batches hold a fixed count or a token
+        budget of traces (DeepSpeed's own 1 / gradient_accumulation_steps scaling assumes
+        equal micro-batches, and its boundary a fixed count). With equal micro-batches this
+        is exactly DeepSpeed's averaging. Data-parallel ranks then average as before."""
         cfg = self.cfg
         kl_coef1, kl_coef2 = attempt_kl_coefficients(
             stage, cfg.algo.beta1, cfg.algo.beta2, cfg.algo.single_turn
         )
-        micro = cfg.learner.micro_batch_size
+        rows_on_rank = len(shard.batch)
+        micro_batches = shard.micro_batches or fixed_micro_batches(
+            rows_on_rank, cfg.learner.micro_batch_size
+        )
+        # One-step-off rollout: the behaviour policy is an older one (train.max_staleness).
+        importance = cfg.train.max_staleness > 0
         totals = dict.fromkeys(
             ("loss", "pg_loss", "kl_loss", "kl1_sum", "kl1_tokens", "kl2_sum", "kl2_tokens"), 0.0
         )
-        num_micro = len(shard.batch) // micro
+        is_sum = is_tokens = is_capped = 0.0
         # Checkpointed layers recompute their forward in backward, which would append the
         # rows' keys to the shared prefix cache a second time.
         share = cfg.learner.share_prompt_prefix and not cfg.learner.gradient_checkpointing
+        device = self.engine.device
         self.engine.train()
-        for start in range(0, len(shard.batch), micro):
-            piece = _trim_padding(shard.batch.slice(start, start + micro))
-            piece = _to_device(piece, self.engine.device)
+        for number, rows in enumerate(micro_batches):
+            self.engine.set_gradient_accumulation_boundary(number == len(micro_batches) - 1)
+            piece = _to_device(_trim_padding(shard.batch.select(rows)), device)
             temperatures = self._temperatures(piece)
             logprobs = self._logprobs(self.engine, piece, share, temperatures)
             ref_logprobs = self._reference_logprobs(piece, share, temperatures)
+            token_weights = None
+            if importance:
+                token_weights = truncated_importance_weights(
+                    logprobs, piece.behaviour_logprobs, cfg.algo.is_ratio_cap
+                )
+                generated = piece.attempt1_mask + piece.attempt2_mask
+                raw = torch.exp(logprobs.detach() - piece.behaviour_logprobs)
+                is_sum += (token_weights * generated).sum().item()
+                is_capped += ((raw > cfg.algo.is_ratio_cap).float() * generated).sum().item()
+                is_tokens += generated.sum().item()
+            index = torch.tensor(rows, dtype=torch.long)
             terms = score_loss(
                 logprobs,
                 ref_logprobs,
                 piece.attempt1_mask,
                 piece.attempt2_mask,
-                shard.advantage1[start : start + micro].to(self.engine.device),
-                shard.advantage2[start : start + micro].to(self.engine.device),
+                shard.advantage1[index].to(device),
+                shard.advantage2[index].to(device),
                 kl_coef1,
                 kl_coef2,
                 token_normalizer=float(cfg.rollout.max_new_tokens),
                 kl_estimator=cfg.algo.kl_estimator,
-                attempt1_weight=shard.attempt1_weight[start : start + micro].to(self.engine.device),
+                attempt1_weight=shard.attempt1_weight[index].to(device),
+                token_weights=token_weights,
             )
-            self.engine.backward(terms.loss)
+            share_of_rank = len(rows) / rows_on_rank
+            self.engine.backward(terms.loss * share_of_rank, scale_wrt_gas=False)
             self.engine.step()
-            totals["loss"] += terms.loss.item() / num_micro
-            totals["pg_loss"] += terms.pg_loss / num_micro
-            totals["kl_loss"] += terms.kl_loss / num_micro
+            totals["loss"] += terms.loss.item() * share_of_rank
+            totals["pg_loss"] += terms.pg_loss * share_of_rank
+            totals["kl_loss"] += terms.kl_loss * share_of_rank
             for key in ("kl1_sum", "kl1_tokens", "kl2_sum", "kl2_tokens"):
                 totals[key] += getattr(terms, key)
         grad_norm = self.engine.get_global_grad_norm()
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        totals["micro_batches"] = float(len(micro_batches))
+        if importance:
+            totals["is_weight_sum"] = is_sum
+            totals["is_capped"] = is_capped
+            totals["is_tokens"] = is_tokens
         return totals
 
     @torch.no_grad()
@@ -562,12 +604,7 @@ def shared_prefix_length(
 def _trim_padding(batch: TraceBatch) -> TraceBatch:
     """Drop columns that are padding in every row of this micro-batch."""
     longest = int(batch.attention_mask.sum(-1).max())
-    return TraceBatch(
-        batch.input_ids[:, :longest],
-        batch.attention_mask[:, :longest],
-        batch.attempt1_mask[:, :longest],
-        batch.attempt2_mask[:, :longest],
-    )
+    return TraceBatch(*(tensor[:, :longest] for tensor in vars(batch).values()))
 
 
 def _to_device(batch: TraceBatch, device: Any) -> TraceBatch:

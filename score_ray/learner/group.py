@@ -15,6 +15,7 @@ import torch
 from ray.exceptions import RayActorError
 
 from score_ray.algo import TraceBatch
+from score_ray.algo.micro_batches import rank_micro_batches
 from score_ray.config import Config
 from score_ray.learner.actor import Learner, LearnerShard
 from score_ray.placement import Placement
@@ -58,17 +59,25 @@ class LearnerGroup:
         stage: int,
         attempt1_weight: torch.Tensor | None = None,  # [B] (score_loss); None: all 1
     ) -> dict[str, float]:
-        """Split the batch into equal contiguous shards, one per rank, and update."""
+        """Split the batch into equal contiguous shards, one per rank, cut each into
+        micro-batches (fixed count or token budget, the same number on every rank) and update."""
         world = len(self.ranks)
         size = len(batch) // world
         if attempt1_weight is None:
             attempt1_weight = torch.ones_like(advantage1)
+        pieces = [batch.slice(r * size, (r + 1) * size) for r in range(world)]
+        micro_batches = rank_micro_batches(
+            [piece.lengths() for piece in pieces],
+            self.cfg.learner.micro_batch_size,
+            self.cfg.learner.max_tokens_per_micro_batch,
+        )
         shards = [
             LearnerShard(
-                batch.slice(r * size, (r + 1) * size),
+                pieces[r],
                 advantage1[r * size : (r + 1) * size],
                 advantage2[r * size : (r + 1) * size],
                 attempt1_weight[r * size : (r + 1) * size],
+                micro_batches[r],
             )
             for r in range(world)
         ]
@@ -137,11 +146,17 @@ def _combine_rank_stats(results: list[dict[str, Any]]) -> dict[str, float]:
     world = len(results)
     kl1_tokens = sum(r["kl1_tokens"] for r in results)
     kl2_tokens = sum(r["kl2_tokens"] for r in results)
-    return {
+    stats = {
         "loss": sum(r["loss"] for r in results) / world,
         "loss/pg": sum(r["pg_loss"] for r in results) / world,
         "loss/kl": sum(r["kl_loss"] for r in results) / world,
         "kl/attempt1": sum(r["kl1_sum"] for r in results) / max(kl1_tokens, 1.0),
         "kl/attempt2": sum(r["kl2_sum"] for r in results) / max(kl2_tokens, 1.0),
         "grad_norm": results[0]["grad_norm"],
+        "learner/micro_batches": results[0].get("micro_batches", float("nan")),
     }
+    is_tokens = sum(r.get("is_tokens", 0.0) for r in results)
+    if is_tokens:  # asynchronous rollout: the truncated importance weights (mean, share capped)
+        stats["is/weight_mean"] = sum(r["is_weight_sum"] for r in results) / is_tokens
+        stats["is/capped"] = sum(r["is_capped"] for r in results) / is_tokens
+    return stats

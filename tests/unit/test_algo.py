@@ -16,9 +16,16 @@ from score_ray.algo import (
     stage1_rewards,
     stage2_rewards,
     token_logprobs,
+    truncated_importance_weights,
 )
 from score_ray.algo.advantages import two_attempt_advantages
 from score_ray.algo.losses import sampling_temperatures
+from score_ray.algo.micro_batches import (
+    fixed_micro_batches,
+    pack_by_token_budget,
+    rank_micro_batches,
+    split_to_count,
+)
 from score_ray.algo.rewards import attempt_returns
 
 # The four self-correction cases as (r1, r2):
@@ -304,3 +311,78 @@ def test_request_seeds_are_distinct_per_request_attempt_and_fan_out():
     assert not set(first) & set(second)  # attempt 2 never reuses an attempt-1 stream
     assert request_seed(8, 1, 0) != request_seed(7, 1, 0)  # a new step, new streams
     assert request_seed(7, 1, 3, 4) == request_seed(7, 1, 3, 4)  # reproducible
+
+
+def test_truncated_importance_weights_hand_values():
+    # ratios pi / mu = e^0 = 1, e^{ln 1.5} = 1.5, e^{ln 3} = 3 -> capped at 2, e^{ln 0.25}
+    behaviour = torch.tensor([[-1.0, -2.0, -3.0, -0.5]])
+    logp = behaviour + torch.log(torch.tensor([[1.0, 1.5, 3.0, 0.25]]))
+    logp.requires_grad_(True)
+    weights = truncated_importance_weights(logp, behaviour, cap=2.0)
+    assert weights[0].tolist() == pytest.approx([1.0, 1.5, 2.0, 0.25])
+    assert not weights.requires_grad  # a constant of the gradient
+
+
+def test_token_weights_scale_the_policy_gradient_only():
+    # One trace, attempt 1 at t=1 (weight 2), attempt 2 at t=2 (weight 0.5), k2 KL coef 1.
+    # pg gradient per token = -A * w / N; the KL term (d^2/2, d = logp - ref = 1) keeps
+    # its own gradient d / N = 1/4 unweighted.
+    logp = torch.tensor([[0.0, -1.0, -1.0]], requires_grad=True)
+    ref = torch.tensor([[0.0, -2.0, -2.0]])
+    mask1 = torch.tensor([[0.0, 1.0, 0.0]])
+    mask2 = torch.tensor([[0.0, 0.0, 1.0]])
+    weights = torch.tensor([[1.0, 2.0, 0.5]])
+    terms = score_loss(
+        logp, ref, mask1, mask2, torch.tensor([3.0]), torch.tensor([-2.0]), 1.0, 1.0, 4.0,
+        token_weights=weights,
+    )  # fmt: skip
+    # pg = -(3 * 2 * -1 + -2 * 0.5 * -1) / 4 = -(-6 + 1) / 4 = 1.25
+    assert terms.pg_loss == pytest.approx(1.25)
+    terms.loss.backward()
+    # t=1: -3*2/4 + 1/4 = -1.25 ; t=2: 2*0.5/4 + 1/4 = 0.5
+    assert logp.grad[0].tolist() == pytest.approx([0.0, -1.25, 0.5])
+
+
+def test_unit_token_weights_leave_the_loss_unchanged():
+    logp = torch.tensor([[0.0, -1.0, -2.0, 0.0], [0.0, -0.5, -1.0, -5.0]])
+    mask1 = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    mask2 = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    args = (logp, logp - 0.3, mask1, mask2, torch.tensor([1.0, -1.0]), torch.tensor([2.0, 0.0]))
+    plain = score_loss(*args, 0.1, 1.0, 2.0)
+    weighted = score_loss(*args, 0.1, 1.0, 2.0, token_weights=torch.ones_like(logp))
+    assert weighted.loss.item() == plain.loss.item()
+
+
+def test_collate_carries_the_behaviour_logprobs_on_attempt_tokens():
+    trace = _trace([5, 6], [7], [8, 9], [10, 11])
+    trace.attempt1_logprobs = [-0.5]
+    trace.attempt2_logprobs = [-1.0, -2.0]
+    batch = collate_traces([trace, _trace([5], [7, 7], [8], [10])], pad_id=0)
+    assert batch.behaviour_logprobs[0].tolist() == [0, 0, -0.5, 0, 0, -1.0, -2.0]
+    assert batch.behaviour_logprobs[1].tolist() == [0.0] * 7  # no log-probs carried: 0
+    assert batch.select([1, 0]).input_ids[1].tolist() == batch.input_ids[0].tolist()
+    assert batch.lengths() == [7, 5]
+
+
+def test_pack_by_token_budget_first_fit_decreasing():
+    # lengths 5 3 8 2 7, budget 16. Longest first: 8 -> A; 7 -> A (2 x 8 = 16);
+    # 5 -> B (A would be 3 x 8 = 24); 3 -> B (2 x 5 = 10); 2 -> B (3 x 5 = 15).
+    assert pack_by_token_budget([5, 3, 8, 2, 7], 16) == [[2, 4], [0, 1, 3]]
+    # a row over the budget travels alone
+    assert pack_by_token_budget([20, 3, 3], 16) == [[0], [1, 2]]
+    # padded tokens: 16 + 15 = 31 against fixed pairs [5 3] [8 2] [7] = 10 + 16 + 7 = 33
+    assert fixed_micro_batches(5, 2) == [[0, 1], [2, 3], [4]]
+    with pytest.raises(ValueError, match="max_tokens_per_micro_batch"):
+        pack_by_token_budget([1], 0)
+
+
+def test_ranks_get_the_same_number_of_micro_batches():
+    # Budget 10: rank 0 (lengths 10 10 10) packs into [0] [1] [2], rank 1 (2 3 3) into
+    # [0, 1, 2]. Rank 1 is split up to 3: [0, 1, 2] by length 3 3 2 into the longer half
+    # [1, 2] and [0]; then [1, 2] (most rows) into [1] and [2].
+    per_rank = rank_micro_batches([[10, 10, 10], [2, 3, 3]], micro_batch_size=4, max_tokens=10)
+    assert per_rank[0] == [[0], [1], [2]]
+    assert per_rank[1] == [[1], [2], [0]]
+    assert rank_micro_batches([[1] * 4, [1] * 4], 2, 0) == [[[0, 1], [2, 3]]] * 2
+    with pytest.raises(ValueError):
+        split_to_count([[0]], [1], 2)

@@ -75,6 +75,12 @@ def test_ill_typed_value_is_named():
         # used to divide by zero in the batch-split check instead of naming the key
         ("learner.world_size=0", "learner.world_size"),
         ("learner.micro_batch_size=0", "learner.micro_batch_size"),
+        # issue 14: asynchronous rollout, importance cap, core pinning, token budgets
+        ("train.max_staleness=2", "train.max_staleness"),
+        ("algo.is_ratio_cap=0.5", "algo.is_ratio_cap"),
+        ("learner.max_tokens_per_micro_batch=-1", "learner.max_tokens_per_micro_batch"),
+        ("rollout.cpu_cores=[-1]", "rollout.cpu_cores"),
+        ("learner.cpu_cores=[1,1]", "learner.cpu_cores"),
     ],
 )
 def test_invalid_values_are_rejected_with_key(override, key):
@@ -196,3 +202,22 @@ def test_every_ablation_layers_over_the_demo_config(path):
     # The same budget: every ablation runs as many policy updates as the demo.
     total = ablation.train.stage1_steps + ablation.train.stage2_steps
     assert total == demo.train.stage1_steps + demo.train.stage2_steps
+
+
+def test_pinned_roles_need_disjoint_cores():
+    with pytest.raises(ConfigError, match=r"learner\.cpu_cores: must not overlap"):
+        load_config(None, ["rollout.cpu_cores=[0,1]", "learner.cpu_cores=[1]"])
+    cfg = load_config(None, ["rollout.cpu_cores=[0]", "learner.cpu_cores=[1]"])
+    assert cfg.rollout.cpu_cores == [0] and cfg.learner.cpu_cores == [1]
+
+
+def test_one_step_off_is_refused_when_colocated():
+    with pytest.raises(ConfigError, match=r"train\.max_staleness: must be 0 with rollout"):
+        load_config(None, ["train.max_staleness=1", "rollout.colocate_with_learner=true"])
+
+
+def test_token_budget_lifts_the_micro_batch_split():
+    # 8 x 4 = 32 traces do not split into micro-batches of 5, but a token budget packs any count
+    with pytest.raises(ConfigError, match=r"train\.prompts_per_step"):
+        load_config(None, ["learner.micro_batch_size=5"])
+    load_config(None, ["learner.micro_batch_size=5", "learner.max_tokens_per_micro_batch=2048"])

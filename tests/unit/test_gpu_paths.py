@@ -23,6 +23,7 @@ from score_ray.learner.actor import (
     reference_deepspeed_config,
     reference_placement,
 )
+from score_ray.pipeline import RolloutPipeline
 from score_ray.rollout.sleep import KV_CACHE, WEIGHTS, EngineAsleepError, SleepState
 from score_ray.rollout.worker import RolloutWorker
 from score_ray.sync import sync_weights
@@ -152,6 +153,8 @@ def _trainer(overrides: list[str], calls: list):
     learner.cfg = trainer.cfg  # sync_weights reads the transport from it
     trainer.actors = SimpleNamespace(learner=learner, rollout=_Recorder("rollout", calls))
     trainer.version = 0
+    # Synchronous (max_staleness 0): nothing is ever in flight, so nothing is launched.
+    trainer.rollouts = RolloutPipeline(launch=None, ahead=0)
     return trainer
 
 
