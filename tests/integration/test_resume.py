@@ -3,6 +3,11 @@
 Run 1 is killed with SIGKILL mid-Stage-I. Run 2 resumes, crosses into Stage II
 and is stopped with SIGTERM, which must write a checkpoint and exit 143. Run 3
 resumes and finishes. The metrics then hold every (stage, step) exactly once.
+
+The same story runs with one-step-off rollout (`train.max_staleness=1`): each checkpoint
+holds the next step's finished rollout, which the resumed run replays, so every step after
+the first still learns on traces one weight version old (regenerated after the resume, they
+would be fresh: staleness 0).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
+import pytest
 
 from score_ray.checkpoint import checkpoint_root, latest_checkpoint, read_driver_state
 from tests.integration.conftest import CONF
@@ -98,9 +104,14 @@ def _wait_for_step(
     raise AssertionError(f"step {step} not reached in {timeout}s")
 
 
-def test_kill_resume_across_stages_then_sigterm(tmp_path):
+@pytest.mark.parametrize(
+    ("mode", "staleness"),
+    [([], [0, 0, 0, 0, 0]), (["train.max_staleness=1"], [0, 1, 1, 1, 1])],
+    ids=["synchronous", "one_step_off"],
+)
+def test_kill_resume_across_stages_then_sigterm(tmp_path, mode, staleness):
     out = tmp_path / "run"
-    first_args = ["--config", str(CONF / "tiny.yaml"), f"output_dir={out}", *STAGES]
+    first_args = ["--config", str(CONF / "tiny.yaml"), f"output_dir={out}", *STAGES, *mode]
     with _run(first_args, tmp_path / "first.log") as first:
         _wait_for_step(first, out, 1)
         _kill_session(first)  # the driver and its local Ray die mid-Stage-I
@@ -125,6 +136,8 @@ def test_kill_resume_across_stages_then_sigterm(tmp_path):
     steps = _steps(out)
     assert [(r["stage"], r["step"]) for r in steps] == [(1, 1), (1, 2), (1, 3), (2, 4), (2, 5)]
     assert [r["weight_version"] for r in steps] == [1, 2, 3, 4, 5]
+    assert [r["rollout/staleness"] for r in steps] == staleness
+    assert all(r["rollout/stale_dropped"] == 0 for r in steps)
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval"] for r in records if "eval" in r] == ["base", "final"]
     assert (out / "final" / "config.json").is_file()
