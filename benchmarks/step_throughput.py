@@ -27,11 +27,22 @@ last trace arrived in stream mode (`verify busy` is the verifiers' wall time, ov
 
 Writes benchmarks/results/step_throughput-<model>.json (with `--config`:
 step_throughput-<model>-<config name>.json).
+
+`--loops` compares the training loops of issue 14 instead, each a Trainer of its own run for
+consecutive steps (one-step-off only overlaps across consecutive steps, so loops cannot
+alternate step by step as the modes above do; they run one after another, then the naive
+loop): synchronous, one-step-off (`train.max_staleness=1`), one-step-off with rollout and
+learner pinned to disjoint cores, and LoRA (rank 8, merged sync) synchronous and one-step-off.
+Each loop: one warm-up step, then `--steps` timed steps, every one of which starts the next
+step's rollout (one-step-off). Writes step_throughput-loops-<model>[-<config name>].json.
+
+    .venv/bin/python benchmarks/step_throughput.py --model tiny-llama --loops --steps 3
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from pathlib import Path
@@ -167,6 +178,93 @@ def summarize(steps: list[dict[str, float]], traces_per_step: int) -> dict[str, 
     return summary
 
 
+LORA = ("learner.lora.rank=8", "learner.lora.alpha=16", "learner.lora.sync=merged")
+PINNED = ("rollout.cpu_cores=[0]", "learner.cpu_cores=[1]")
+LOOPS: dict[str, tuple[str, ...]] = {
+    "sync": (),
+    "one-step-off": ("train.max_staleness=1",),
+    "one-step-off pinned": ("train.max_staleness=1", *PINNED),
+    "sync LoRA": LORA,
+    "one-step-off LoRA": ("train.max_staleness=1", *LORA),
+}
+
+
+def compare_loops(args: argparse.Namespace, base: list[str]) -> None:
+    """The `--loops` comparison (module docstring): traces trained per second per loop."""
+    loops = dict(LOOPS)
+    if len(os.sched_getaffinity(0)) < 2:
+        loops.pop("one-step-off pinned")  # needs two cores to pin apart
+    init_ray()
+    results: dict[str, Any] = {}
+    naive_steps: list[dict[str, float]] = []
+    for name, overrides in loops.items():
+        # steps + 2 in the schedule: the warm-up, the timed steps, and one more that each
+        # timed step's one-step-off prefetch generates (never learned on).
+        cfg = bench_config(
+            args.model, *base, f"train.stage1_steps={args.steps + 2}", *overrides, base=args.config
+        )
+        shutil.rmtree(args.out_dir, ignore_errors=True)
+        model_path, train, held_out = prepare_inputs(cfg)
+        trainer = Trainer(cfg, model_path, train, held_out)
+        steps = []
+        try:
+            for index in range(args.steps + 1):
+                record = trainer.step(STAGE)
+                timings = {
+                    "step": record["time/step"],
+                    "learn": record["time/learn"],
+                    "sync": record["time/sync"],
+                    "generate": record["time/generate"],
+                    "wait_rollout": record.get("time/wait_rollout", 0.0),
+                }
+                print(f"{name} step {index}: {timings['step']:.2f} s", flush=True)
+                if index:
+                    steps.append(timings)
+        finally:
+            trainer.rollouts.shutdown()
+            trainer.actors.shutdown()
+        results[name] = {"overrides": list(overrides), **summarize(steps, cfg.traces_per_step)}
+        results[name]["wait_rollout_s_mean"] = sum(s["wait_rollout"] for s in steps) / len(steps)
+    cfg = bench_config(args.model, *base, base=args.config)
+    model_path, train, _ = prepare_inputs(cfg)
+    naive = NaiveScore(cfg, model_path, train)
+    for index in range(args.steps + 1):
+        timings = naive.step(seed=index)
+        print(f"naive step {index}: {timings['step']:.2f} s", flush=True)
+        if index:
+            naive_steps.append(timings)
+    results["naive"] = summarize(naive_steps, cfg.traces_per_step)
+    naive_rate = results["naive"]["traces_per_s"]
+    rows = []
+    for name, summary in results.items():
+        summary["speedup_vs_naive"] = summary["traces_per_s"] / naive_rate
+        rows.append(
+            [
+                name,
+                summary["step_s_mean"],
+                summary["traces_per_s"],
+                summary["speedup_vs_naive"],
+                summary.get("learn_s_mean", 0.0),
+                summary.get("wait_rollout_s_mean", 0.0),
+            ]
+        )
+    header = ["loop", "step s", "traces/s", "x naive", "learn s", "wait rollout s"]
+    print(table(header, rows))
+    data = {
+        "config": str(args.config),
+        "rollout_dtype": cfg.rollout.dtype,
+        "traces_per_step": cfg.traces_per_step,
+        "prompts_per_step": args.prompts,
+        "samples_per_prompt": args.samples,
+        "max_new_tokens": args.max_new_tokens,
+        "timed_steps_per_loop": args.steps,
+        "note": "loops run one after another (not alternating); the machine may be shared",
+        "loops": results,
+    }
+    label = args.model if args.config == TINY_CONFIG else f"{args.model}-{args.config.stem}"
+    print(f"wrote {write_result('step_throughput-loops', label, data)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="tiny-llama")
@@ -178,7 +276,25 @@ def main() -> None:
     parser.add_argument(
         "--config", type=Path, default=TINY_CONFIG, help="task, prompts and learner settings"
     )
+    parser.add_argument(
+        "--loops", action="store_true", help="sync vs one-step-off (and LoRA, pinned) loops"
+    )
     args = parser.parse_args()
+    if args.loops:
+        compare_loops(
+            args,
+            [
+                f"train.prompts_per_step={args.prompts}",
+                f"train.samples_per_prompt={args.samples}",
+                f"rollout.max_new_tokens={args.max_new_tokens}",
+                "model.max_model_len=1024",
+                "train.stage2_steps=0",
+                "train.checkpoint_every=0",
+                "verifier.num_workers=2",
+                f"output_dir={args.out_dir}",
+            ],
+        )
+        return
 
     cfg = bench_config(
         args.model,
