@@ -1,8 +1,11 @@
 """Layout feasibility (fail at once, naming the role and the missing resource) and threads."""
 
+import subprocess
+import sys
+
 import pytest
 
-from score_ray.placement import LayoutError, RoleDemand, check_fits, torch_threads
+from score_ray.placement import LayoutError, RoleDemand, check_fits, pin_threads, torch_threads
 
 GPU_NODE = {"CPU": 16.0, "GPU": 4.0, "memory": 1e11}
 CPU_NODE = {"CPU": 8.0, "memory": 1e10}
@@ -217,3 +220,29 @@ def test_reserve_checks_the_gpu_layout_before_asking_ray(monkeypatch):
     cfg = _cfg("learner.num_gpus=0.5", "learner.world_size=2", "rollout.num_gpus=1")
     with pytest.raises(LayoutError, match=r"learner\.num_gpus"):
         placement.reserve(cfg, timeout_s=1.0)
+
+
+def test_pinned_actors_get_one_thread_per_core(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert torch_threads(0, 1, [2, 3]) == 2
+    assert torch_threads(4, 1, [2, 3]) == 4  # an explicit setting still wins
+
+
+def test_pin_threads_names_the_key_of_a_missing_core():
+    with pytest.raises(ValueError, match=r"learner\.cpu_cores: this node has cores"):
+        pin_threads([10_000], "learner.cpu_cores")
+
+
+def test_pin_threads_pins_every_thread_of_the_process():
+    # In a child process: pinning this test process would slow the rest of the suite.
+    code = (
+        "import os, threading\n"
+        "from score_ray.placement import pin_threads\n"
+        "early = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)\n"
+        "early.start()\n"
+        "pin_threads([0], 'rollout.cpu_cores')\n"
+        "masks = {os.sched_getaffinity(int(t)) == {0} for t in os.listdir('/proc/self/task')}\n"
+        "print(masks == {True})\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
