@@ -5,6 +5,11 @@ after step 3, a learner rank. The rollout worker and the verifier are replaced i
 their groups (the new rollout worker receives the current weights); the learner
 failure rolls the run back to the newest checkpoint. The run must finish with
 every step logged exactly once.
+
+With one-step-off rollout (`train.max_staleness=1`) the rollout worker dies while it may be
+generating the next step in the background, and the learner rollback drops the rollout in
+flight and replays the checkpoint's, relabelled to the rebuilt run's weight versions: no
+trace may then count as older than the bound.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import threading
 import time
 
+import pytest
 import ray
 
 from score_ray.launch import prepare_inputs
@@ -34,9 +40,14 @@ def _logged_steps(path) -> set[int]:
     return steps
 
 
-def test_run_survives_rollout_verifier_and_learner_deaths(ray_local, tmp_path):
+@pytest.mark.parametrize("mode", [[], ["train.max_staleness=1"]], ids=["sync", "one_step_off"])
+def test_run_survives_rollout_verifier_and_learner_deaths(ray_local, tmp_path, mode):
     cfg = tiny_config(
-        tmp_path, "train.stage1_steps=3", "train.stage2_steps=2", "train.checkpoint_every=1"
+        tmp_path,
+        "train.stage1_steps=3",
+        "train.stage2_steps=2",
+        "train.checkpoint_every=1",
+        *mode,
     )
     model_path, train, held_out = prepare_inputs(cfg)
     trainer = Trainer(cfg, model_path, train, held_out)
@@ -71,4 +82,6 @@ def test_run_survives_rollout_verifier_and_learner_deaths(ray_local, tmp_path):
     assert last["restarts/learner"] == 1
     versions = [r["weight_version"] for r in steps]
     assert versions == sorted(set(versions)), "weight versions must keep rising"
+    assert all(r["rollout/stale_dropped"] == 0 for r in steps)
+    assert max(r["rollout/staleness"] for r in steps) == cfg.train.max_staleness
     assert 0.0 <= final["acc_t1"] <= 1.0
