@@ -31,7 +31,9 @@ Writes to `output_dir`:
                          wrong at t1), model_path, the resolved config, verifier fault
                          counts, and "problems": {"uids", "rewards"} with rewards[k][i] for
                          attempt k+1 on problem uids[i], so two evaluations can be compared
-                         problem by problem
+                         problem by problem. For a training run folder, "stage2": which
+                         Stage II ran (rl, or star with each STaR round's kept revisions;
+                         `score_ray.star_stage2`)
                          With --parallel: "scaling", the majority-vote and pass@b curves
                          at budgets b = 1, 2, 4, ... N for each scheme, with paired-bootstrap
                          CIs ({"parallel/majority@8": {"value", "ci", "method"}, ...})
@@ -79,6 +81,7 @@ from score_ray.scaling import (
     scaling_summary,
     vote_keys,
 )
+from score_ray.star_stage2 import read_stage2
 from score_ray.tasks.base import Problem
 from score_ray.transitions import answer_change_metrics, transition_counts
 
@@ -179,6 +182,9 @@ def main(args: argparse.Namespace) -> int:
     report, rows = evaluate_model(cfg, attempts, args.split, scaling)
     if run_dir is not None:
         report["run_dir"] = str(run_dir)
+        stage2 = read_stage2(run_dir)  # rl, or star with each round's kept revisions
+        if stage2 is not None:
+            report["stage2"] = stage2
     write_outputs(Path(cfg.output_dir), report, rows)
     print(format_summary({name: report[name] for name in report["metrics"]}, report["n"]))
     if "scaling" in report:
