@@ -1,17 +1,22 @@
 """STaR in Stage II (`train.stage2_method=star`): the config checks, stage2.json from the STaR
-rounds' summary, what eval.json and report.md say of it (no Ray)."""
+rounds' summary, what eval.json and report.md say of it, and the chaining when no round keeps
+enough revisions (no Ray: the rounds' sampled data is read back from disk)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
-from score_ray.config import ConfigError, load_config
+from score_ray.config import Config, ConfigError, load_config
 from score_ray.report import star_stage2_lines
-from score_ray.star_stage2 import read_stage2, stage2_report
+from score_ray.star_stage2 import STAR_DIR, read_stage2, run_star_stage2, stage2_report
+from score_ray.tasks.base import Problem
 
 STAR = ["train.stage2_method=star", "train.stage2_steps=0"]
+TINY = Path(__file__).resolve().parents[2] / "conf" / "tiny.yaml"
 
 
 def _round(index: int, kept: int, trained: bool) -> dict:
@@ -78,3 +83,42 @@ def test_eval_reads_which_stage2_ran(tmp_path):
     assert read_stage2(rl_run) == {"stage2_method": "rl"}
     assert read_stage2(star_run) == report
     assert star_stage2_lines({"stage2_method": "rl"}) == [] == star_stage2_lines(None)
+
+
+def _saved_round(folder: Path, index: int, samples: int) -> None:
+    """A round whose sampled data is on disk with 0 successful revisions: `run_sft` reads it
+    back (its resume path) instead of sampling, so no Ray is needed."""
+    data = {"problems": samples // 2, "samples": samples, "attempt1_right": 0}
+    data |= {"attempt2_right": 0, "fixes": 0, "breaks": 0, "kept": 0, "dropped_too_long": 0}
+    round_dir = folder / "rounds" / f"round_{index}"
+    round_dir.mkdir(parents=True)
+    (round_dir / "examples.jsonl").write_text("")
+    (round_dir / "data.json").write_text(json.dumps(data))
+
+
+def test_rounds_with_too_few_revisions_leave_the_stage1_policy_as_final(tmp_path):
+    """The chaining's too-few path on the real `run_sft` and `run_star_stage2`: two STaR rounds
+    with 0 kept revisions are not trained, each says so, and final/ is the Stage I policy."""
+    from score_ray.models import build_tiny_model
+
+    tiny = Path(build_tiny_model(Config().model.cache_dir))
+    cfg = load_config(TINY, [f"output_dir={tmp_path}", *STAR, "sft.rounds=2"])
+    shutil.copytree(tiny, tmp_path / "stage1")  # what the trainer writes after Stage I
+    for index in (0, 1):
+        _saved_round(tmp_path / STAR_DIR, index, samples=8)
+    problems = [Problem(f"p{i}", f"q{i}", "1") for i in range(4)]
+
+    report = run_star_stage2(cfg, problems)
+
+    summary = json.loads((tmp_path / STAR_DIR / "sft_summary.json").read_text())
+    assert summary["final"] is None and not (tmp_path / STAR_DIR / "final").exists()
+    notes = [r["note"] for r in summary["rounds"]]
+    assert all(n.endswith("the round is skipped and the model is unchanged") for n in notes)
+    assert [(r["samples"], r["kept"], r["trained"]) for r in report["rounds"]] == [
+        (8, 0, False),
+        (8, 0, False),
+    ]
+    assert report["final_from"] == "stage1" and "too few to train on" in report["note"]
+    assert json.loads((tmp_path / "stage2.json").read_text()) == report
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (tmp_path / "final" / name).read_bytes() == (tiny / name).read_bytes()
