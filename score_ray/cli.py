@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
     if star:  # the paper's "STaR in Stage II": STaR rounds from the Stage I policy
         from score_ray.star_stage2 import run_star_stage2
 
-        trainer.actors.shutdown()  # their CPUs (or GPUs) go to STaR's actors and workers
+        trainer.release_actors()  # their CPUs (or GPUs) go to STaR's actors and workers
         report = run_star_stage2(cfg, splits.train)
         print(report["note"])
         print(f"evaluate final/ with `score-ray eval model.path={cfg.output_dir}`")

@@ -204,6 +204,18 @@ class Trainer:
                     bar.refresh()
         return self._finish()
 
+    def release_actors(self) -> None:
+        """Kill every actor and free the placement for what this driver starts next (STaR in
+        Stage II: new vLLM engines, Ray Train workers). On GPUs, the placement goes only once
+        the rollout GPUs have room for a new engine (`wait_for_gpu_release`, as in
+        `recover_learner`); on CPU that wait is a no-op."""
+        actors = self.actors
+        actors.rollout.shutdown()
+        actors.verifiers.shutdown()
+        actors.learner.shutdown()
+        wait_for_gpu_release(self.cfg, actors.placement, self.cfg.placement_timeout_s)
+        actors.placement.remove()
+
     def _finish(self) -> dict[str, float]:
         """The last evaluation, then the trained model to OUTPUT_DIR/final.
 
