@@ -98,7 +98,7 @@ to the context), and turns 3-5 are what people asked to see."""
 VOTE_RULE = (
     "majority over classes of extracted answers the task's verifier counts as equal (math: "
     "math-verify; reasoning-gym: the dataset's scorer; code: normalised text); an answer that "
-    "is missing, unparseable or that the verifier failed on casts no vote; ties split"
+    "is missing, that the verifier scores unread or that it failed on casts no vote; ties split"
 )
 _EVAL_TRAIN_SIZE = 16
 """Training problems generated alongside the held-out split (unused; the split is the same)."""

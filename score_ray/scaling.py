@@ -69,7 +69,7 @@ def vote_keys(answers: Sequence[Answer], agree: Agreement | None = None) -> list
 
     Without `agree` (code answers), the key is `normalize_answer`'s. With it, the verifier's
     notion decides: each distinct answer, in sample order, first must agree with itself (an
-    answer the verifier cannot parse casts no vote: key None), then joins the first earlier
+    answer the verifier cannot score at all casts no vote: key None), then joins the first earlier
     class whose representative (its first answer) it agrees with, or starts a class of its
     own; its key is the representative. An identical string reuses its key without a call,
     so agree runs at most d * (c + 1) times for d distinct answers in c classes. A call that
@@ -77,8 +77,8 @@ def vote_keys(answers: Sequence[Answer], agree: Agreement | None = None) -> list
     Equivalence that is not transitive (a numeric tolerance) is settled by sample order: an
     answer joins the first class it matches.
 
-    Example, math (agree = math-verify): "0.5", "1/2", "\\frac{1}{2}", "2", "x+" get keys
-    "0.5", "0.5", "0.5", "2", None.
+    Example, math (agree = math-verify): "0.5", "1/2", "\\frac{1}{2}", "2", "2.0" and an
+    answer of 1001 characters (scored 0 unread) get keys "0.5", "0.5", "0.5", "2", "2", None.
     """
     if agree is None:
         return [normalize_answer(answer) for answer in answers]
@@ -113,7 +113,7 @@ def majority_vote(keys: Sequence[Answer], rewards: Sequence[float]) -> float:
 
     Each sample votes for its key (`vote_keys`: its normalised answer, or its class of
     answers the verifier counts as equal); samples with key None (no answer, or one the
-    verifier cannot parse) abstain, and with no vote at all the vote earns 0. The most
+    verifier cannot score) abstain, and with no vote at all the vote earns 0. The most
     frequent keys are the winners; a key is right in the share of its samples the verifier
     accepted (1 or 0 unless the key merged answers the verifier told apart). A tie between
     winners is broken uniformly at random in expectation: the vote earns the winners' mean,

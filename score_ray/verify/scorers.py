@@ -185,8 +185,9 @@ def answer_agreement(problem: Problem) -> Callable[[str, str], bool] | None:
     problems (programs vote by their text).
 
     math: `_score_math(a, b)`, the very comparison rewards use (math-verify), so "0.5",
-        "1/2" and "\\frac{1}{2}" agree; an answer math-verify cannot parse does not even agree
-        with itself (the vote gives it no voice, as the verifier gives it no reward).
+        "1/2" and "\\frac{1}{2}" agree. What math-verify cannot parse as math it compares as
+        text, as it does for rewards; an answer scored 0 unread (empty, over
+        MAX_MATH_ANSWER_CHARS) does not even agree with itself, so it casts no vote.
     reasoning-gym: the dataset's own scorer with `a` as the entry's answer, asked both ways
         (basic_arithmetic's exact match: "-053" and "-53" do not agree, nor "7." and "7").
         Both ways because some scorers read the gold from elsewhere in the entry: then
