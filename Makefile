@@ -34,7 +34,7 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(VENV)/bin/score-ray demo --config conf/demo.yaml --output-dir runs/demo
 
-# The paper's Table 4 on the demo task (SCoRe + three ablations; about 4x the demo's time).
+# The paper's Table 4 on the demo task (SCoRe + four ablations; about 5x the demo's time).
 ablations: $(STAMP)
 	$(PY) benchmarks/ablations.py
 

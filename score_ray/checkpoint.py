@@ -51,6 +51,7 @@ LATEST = "latest"
 LEARNER = "learner"
 FINAL = "final"
 FINAL_ADAPTER = "final_adapter"  # learner.lora: the adapter alone, next to the merged final/
+STAGE1_POLICY = "stage1"  # train.stage2_method=star: the Stage I policy STaR starts from
 STAGING_PREFIX = "score-ray-ckpt-"
 """Temporary folders under a node's TMPDIR that hold a rank's part on its way up or down."""
 

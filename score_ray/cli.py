@@ -2,6 +2,7 @@
 
     score-ray train --config conf/tiny.yaml output_dir=/tmp/run learner.lr=1e-5
     score-ray train --resume /tmp/run          # continue from the newest checkpoint
+    score-ray train ... train.stage2_method=star train.stage2_steps=0   # STaR in Stage II
     score-ray eval --config conf/default.yaml model.path=RUN_DIR output_dir=DIR [--attempts K]
     score-ray eval ... --parallel 32 [--attempts 2]  # + majority vote, parallel vs sequential
     score-ray demo --config conf/demo.yaml --output-dir runs/demo   # eval, train, eval, report
@@ -33,6 +34,7 @@ from score_ray.eval_cli import add_parser as add_eval_parser
 from score_ray.launch import add_config_arguments, init_ray, prepare_splits, resumed_config
 from score_ray.plan import add_parser as add_plan_parser
 from score_ray.sft.cli import add_parser as add_sft_parser
+from score_ray.sft.cli import init_sft_ray
 
 log = logging.getLogger("score_ray")
 
@@ -89,7 +91,11 @@ def _prepare_model(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     model_path, splits = prepare_splits(cfg)
-    init_ray(cfg)
+    star = cfg.train.stage2_method == "star"
+    if star:
+        init_sft_ray(cfg)  # CPUs for the Ray Train workers too
+    else:
+        init_ray(cfg)
     from score_ray.trainer import Trainer
 
     trainer = Trainer(
@@ -97,9 +103,16 @@ def _train(args: argparse.Namespace) -> int:
     )
     final = trainer.run()
     print(
-        f"done: Acc@t1 {final['acc_t1']:.3f}  Acc@t2 {final['acc_t2']:.3f}  "
-        f"Delta {final['delta']:+.3f}  -> {cfg.output_dir}"
+        f"{'Stage I' if star else 'done'}: Acc@t1 {final['acc_t1']:.3f}  "
+        f"Acc@t2 {final['acc_t2']:.3f}  Delta {final['delta']:+.3f}  -> {cfg.output_dir}"
     )
+    if star:  # the paper's "STaR in Stage II": STaR rounds from the Stage I policy
+        from score_ray.star_stage2 import run_star_stage2
+
+        trainer.release_actors()  # their CPUs (or GPUs) go to STaR's actors and workers
+        report = run_star_stage2(cfg, splits.train)
+        print(report["note"])
+        print(f"evaluate final/ with `score-ray eval model.path={cfg.output_dir}`")
     return 0
 
 

@@ -42,6 +42,7 @@ CREDITS = ("per_attempt", "trajectory")
 ZERO_STAGES = (0, 1, 2, 3)
 SYNC_TRANSPORTS = ("auto", "object_store", "nccl", "cuda_ipc")
 STALENESS_BOUNDS = (0, 1)  # synchronous, one-step-off (score_ray/pipeline.py)
+STAGE2_METHODS = ("rl", "star")
 
 # A hub repo id: "org/name", no leading "." or "/" (those are local paths).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -476,6 +477,11 @@ class TrainConfig:
     """Stage I policy updates (0 skips Stage I: the 'Stage II only' ablation)."""
     stage2_steps: int = 10
     """Stage II policy updates, starting from the Stage I policy."""
+    stage2_method: str = "rl"
+    """rl: Stage II is SCoRe's RL (stage2_steps updates). star: the paper's Table 4 row "STaR
+    in Stage II": after Stage I, sft.rounds STaR rounds from the Stage I policy (sample
+    two-attempt traces, keep attempt-1-wrong attempt-2-right ones, SFT on attempt 2; the
+    sft.* keys), with stage2_steps 0. docs/sft.md, "STaR in Stage II"."""
     prompts_per_step: int = 8
     """Distinct problems per policy update."""
     samples_per_prompt: int = 4
@@ -526,6 +532,13 @@ class TrainConfig:
         counts = ("stage1_steps", "stage2_steps", "eval_every", "eval_max_problems")
         for name in (*counts, "checkpoint_every"):
             check.at_least(getattr(self, name), name, 0)
+        check.choice(self.stage2_method, "stage2_method", STAGE2_METHODS)
+        check.need(
+            self.stage2_method != "star" or self.stage2_steps == 0,
+            "stage2_steps",
+            f"must be 0 with train.stage2_method=star (Stage II is then sft.rounds STaR rounds, "
+            f"not RL updates), got {self.stage2_steps}",
+        )
         check.at_least(self.keep_checkpoints, "keep_checkpoints", 1)
         if self.checkpoint_uri is not None:
             uri_problem = checkpoint_uri_problem(self.checkpoint_uri)
@@ -708,6 +721,12 @@ def cross_section_problems(cfg: Config) -> list[str]:
         is_code == (cfg.prompts.answer_format == "code"),
         "prompts.answer_format",
         f"must be 'code' exactly when task.source is one of {list(CODE_TASK_SOURCES)}",
+    )
+    check.need(
+        cfg.train.stage2_method != "star" or cfg.sft.method == "star",
+        "sft.method",
+        f"train.stage2_method=star runs STaR rounds; sft.method must be star, got "
+        f"{cfg.sft.method!r}",
     )
     check.need(
         cfg.sft.method != "gold" or cfg.prompts.answer_format in ("answer_tag", "boxed"),

@@ -1,18 +1,24 @@
 """`score-ray demo` (what `make demo` runs): evaluate, train, evaluate again, report.
 
-    score-ray demo --config conf/demo.yaml --output-dir runs/demo [key=value ...]
+    score-ray demo --config conf/demo.yaml --output-dir runs/demo [--sft-first] [key=value ...]
 
 Four steps, each the ordinary command a user would type, run as a child process so that
 each starts and stops its own Ray session and a failure names its step:
 
+    0. score-ray sft   (with --sft-first) -> OUTPUT/sft/final/, the base of every later step
     1. score-ray eval  (base model)       -> OUTPUT/eval_base/eval.json
     2. score-ray train                    -> OUTPUT/train/ (metrics.jsonl, final/, ...)
     3. score-ray eval  (trained model)    -> OUTPUT/eval_trained/eval.json
     4. report                             -> OUTPUT/report.md, OUTPUT/*.png
 
-The overrides apply to every step. While the steps run, the memory of the whole process
-tree (driver, Ray's daemons, every actor) is sampled; its peak and the wall time of each
-step go into the report and `OUTPUT/demo.json`.
+The configs and overrides apply to every step. With `--sft-first` the base that SCoRe starts
+from (and that step 1 evaluates) is the fine-tuned model of step 0, e.g. the gold-answer SFT
+of conf/sft/gold.yaml: SCoRe needs a base whose sampled second attempts fix something
+(docs/training_signal.md), and the SFT's targets are single answers, never corrections.
+
+While the steps run, the memory of the whole process tree (driver, Ray's daemons, every
+actor) is sampled; its peak and the wall time of each step go into the report and
+`OUTPUT/demo.json`.
 """
 
 from __future__ import annotations
@@ -43,6 +49,12 @@ def add_parser(commands: Any) -> None:
         help=f"YAML config for every step (repeatable; default {DEFAULT_CONFIG})",
     )
     parser.add_argument("--output-dir", default="runs/demo", help="folder for all outputs")
+    parser.add_argument(
+        "--sft-first",
+        action="store_true",
+        help="first fine-tune model.path with `score-ray sft` (same configs), then run every "
+        "later step from its final/ model",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every step")
     parser.set_defaults(func=main)
 
@@ -50,14 +62,10 @@ def add_parser(commands: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train_dir, base_dir, trained_dir = out / "train", out / "eval_base", out / "eval_trained"
     configs = args.config or [DEFAULT_CONFIG]
-    common = config_args(configs) + args.overrides
-    steps = [
-        ("base eval", ["eval", *common, f"output_dir={base_dir}"]),
-        ("train", ["train", *common, f"output_dir={train_dir}"]),
-        ("trained eval", ["eval", *common, f"model.path={train_dir}", f"output_dir={trained_dir}"]),
-    ]
+    steps = demo_steps(config_args(configs) + args.overrides, out, args.sft_first)
+    base_dir, trained_dir = out / "eval_base", out / "eval_trained"
+    train_dir = out / "train"
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with MemoryPeak() as memory:
@@ -86,6 +94,26 @@ def main(args: argparse.Namespace) -> int:
     print(f"\nwall {wall / 60:.1f} min, peak memory {memory.peak_bytes / GIB:.2f} GiB")
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def demo_steps(common: list[str], out: Path, sft_first: bool) -> list[tuple[str, list[str]]]:
+    """(name, `score-ray` argv) of each step; `common` (configs and overrides) goes to all.
+    With `sft_first`, an SFT step comes first and every later step starts from its model."""
+    steps = []
+    if sft_first:
+        sft_dir = out / "sft"
+        steps.append(("sft", ["sft", *common, f"output_dir={sft_dir}"]))
+        common = [*common, f"model.path={sft_dir / 'final'}"]
+    train_dir = out / "train"
+    return [
+        *steps,
+        ("base eval", ["eval", *common, f"output_dir={out / 'eval_base'}"]),
+        ("train", ["train", *common, f"output_dir={train_dir}"]),
+        (
+            "trained eval",
+            ["eval", *common, f"model.path={train_dir}", f"output_dir={out / 'eval_trained'}"],
+        ),
+    ]
 
 
 def run_cli(argv: list[str]) -> tuple[int, float]:

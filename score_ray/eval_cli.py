@@ -31,7 +31,9 @@ Writes to `output_dir`:
                          wrong at t1), model_path, the resolved config, verifier fault
                          counts, and "problems": {"uids", "rewards"} with rewards[k][i] for
                          attempt k+1 on problem uids[i], so two evaluations can be compared
-                         problem by problem
+                         problem by problem. For a training run folder, "stage2": which
+                         Stage II ran (rl, or star with each STaR round's kept revisions;
+                         `score_ray.star_stage2`)
                          With --parallel: "scaling", the majority-vote and pass@b curves
                          at budgets b = 1, 2, 4, ... N for each scheme, with paired-bootstrap
                          CIs ({"parallel/majority@8": {"value", "ci", "method"}, ...})
@@ -77,7 +79,9 @@ from score_ray.scaling import (
     problem_curves,
     sample_budgets,
     scaling_summary,
+    vote_keys,
 )
+from score_ray.star_stage2 import read_stage2
 from score_ray.tasks.base import Problem
 from score_ray.transitions import answer_change_metrics, transition_counts
 
@@ -91,7 +95,11 @@ SPLITS = ("held_out", "dev")
 MAX_ATTEMPTS = 5
 """Most greedy attempts `--attempts` takes: each adds a turn (and max_new_tokens + a bridge
 to the context), and turns 3-5 are what people asked to see."""
-VOTE_RULE = "majority of normalised extracted answers; no answer casts no vote; ties split"
+VOTE_RULE = (
+    "majority over classes of extracted answers the task's verifier counts as equal (math: "
+    "math-verify; reasoning-gym: the dataset's scorer; code: normalised text); an answer that "
+    "is missing, that the verifier scores unread or that it failed on casts no vote; ties split"
+)
 _EVAL_TRAIN_SIZE = 16
 """Training problems generated alongside the held-out split (unused; the split is the same)."""
 
@@ -174,6 +182,9 @@ def main(args: argparse.Namespace) -> int:
     report, rows = evaluate_model(cfg, attempts, args.split, scaling)
     if run_dir is not None:
         report["run_dir"] = str(run_dir)
+        stage2 = read_stage2(run_dir)  # rl, or star with each round's kept revisions
+        if stage2 is not None:
+            report["stage2"] = stage2
     write_outputs(Path(cfg.output_dir), report, rows)
     print(format_summary({name: report[name] for name in report["metrics"]}, report["n"]))
     if "scaling" in report:
@@ -273,10 +284,12 @@ def load_held_out(
 
 @dataclass
 class Samples:
-    """Extracted answers and rewards of sampled attempts, [problem][sample]."""
+    """Extracted answers, rewards and vote keys of sampled attempts, [problem][sample]."""
 
     answers: list[list[Answer]]
     rewards: list[list[float]]
+    keys: list[list[Answer]]
+    """What the majority vote counts (`problem_vote_keys`): one key per class of answers."""
 
 
 @dataclass
@@ -287,6 +300,8 @@ class ScalingSamples:
     """N first attempts per problem, sampled at rollout.temperature."""
     revised: Samples | None
     """The self-corrections of the first N/2 of them (sequential plan), else None."""
+    vote_s: float = 0.0
+    """Driver seconds spent grouping the answers into vote keys (`problem_vote_keys`)."""
 
 
 def generate_and_score(
@@ -356,12 +371,17 @@ def sample_scaling(
     ]
     flat, stats = verifiers.score(items)
     scored = unflatten(groups, flat)
+    faulted = set(stats.faulted)
+    verdicts = unflatten(groups, [i not in faulted for i in range(len(flat))])
     answer_format = cfg.prompts.answer_format
-    first = as_samples(texts, scored[: len(problems)], answer_format)
+    started = time.perf_counter()
+    n = len(problems)
+    first = as_samples(texts, scored[:n], answer_format, problems, verdicts[:n])
     revised = None
     if plan.sequential:
-        revised = as_samples(revised_texts, scored[len(problems) :], answer_format)
-    return ScalingSamples(first, revised), stats.as_metrics()
+        revised = as_samples(revised_texts, scored[n:], answer_format, problems, verdicts[n:])
+    vote_s = time.perf_counter() - started
+    return ScalingSamples(first, revised, vote_s), stats.as_metrics()
 
 
 def sample_texts(
@@ -400,11 +420,36 @@ def unflatten(groups: list[list[Any]], flat: list[float]) -> list[list[float]]:
     return out
 
 
-def as_samples(texts: list[list[str]], rewards: list[list[float]], answer_format: str) -> Samples:
+def as_samples(
+    texts: list[list[str]],
+    rewards: list[list[float]],
+    answer_format: str,
+    problems: list[Problem],
+    verdicts: list[list[bool]],
+) -> Samples:
+    """[problem][sample] texts, their rewards and whether each reward is a verdict (not an
+    error or timeout) -> extracted answers, rewards and vote keys."""
     from score_ray.verify.scorers import extract_answer
 
     answers = [[extract_answer(text, answer_format) for text in group] for group in texts]
-    return Samples(answers, rewards)
+    return Samples(answers, rewards, problem_vote_keys(problems, answers, verdicts))
+
+
+def problem_vote_keys(
+    problems: list[Problem], answers: list[list[Answer]], verdicts: list[list[bool]]
+) -> list[list[Answer]]:
+    """Each problem's vote keys (`score_ray.scaling.vote_keys`) under its verifier's own
+    answer equivalence (`answer_agreement`). This runs in the driver, so an answer whose
+    scoring raised or hung in a Verifier actor casts no vote and is never parsed here."""
+    from score_ray.verify.scorers import answer_agreement
+
+    return [
+        vote_keys(
+            [a if ok else None for a, ok in zip(group, oks, strict=True)],
+            answer_agreement(problem),
+        )
+        for problem, group, oks in zip(problems, answers, verdicts, strict=True)
+    ]
 
 
 def scaling_report(samples: ScalingSamples, plan: ScalingPlan, cfg: Config) -> dict[str, Any]:
@@ -413,8 +458,8 @@ def scaling_report(samples: ScalingSamples, plan: ScalingPlan, cfg: Config) -> d
     first, revised = samples.first, samples.revised
     per_problem = [
         problem_curves(
-            (first.answers[i], first.rewards[i]),
-            None if revised is None else (revised.answers[i], revised.rewards[i]),
+            (first.keys[i], first.rewards[i]),
+            None if revised is None else (revised.keys[i], revised.rewards[i]),
             budgets,
         )
         for i in range(len(first.answers))
@@ -427,6 +472,7 @@ def scaling_report(samples: ScalingSamples, plan: ScalingPlan, cfg: Config) -> d
         "attempt2_temperature": cfg.attempt2_temperature,
         "seed": cfg.train.seed,
         "vote": VOTE_RULE,
+        "vote_s": samples.vote_s,
         "curves": scaling_summary(per_problem),
     }
 

@@ -430,6 +430,7 @@ def write_report(
         f"{config.get('rollout', {}).get('temperature', '?')}), averaged over each stage.",
         "",
         f"![reward per attempt]({REWARD_PNG})",
+        *star_stage2_lines(trained.get("stage2")),
     ]
     if run_facts:
         facts = [[key, value] for key, value in run_facts.items()]
@@ -451,6 +452,33 @@ def write_report(
     ]
     (out / REPORT_MD).write_text("\n".join(lines))
     return text_table(COMPARISON_HEADER, rows) + "\n" + paired.note
+
+
+STAR_HEADER = ["round", "traces", "fixes", "breaks", "kept", "trained", "steps"]
+
+
+def star_stage2_lines(stage2: dict[str, Any] | None) -> list[str]:
+    """report.md's account of a "STaR in Stage II" run (eval.json's "stage2"): each round's
+    successful revisions, and plainly whether any round had enough to train on."""
+    if not stage2 or stage2.get("stage2_method") != "star":
+        return []
+    rows = [
+        [str(r[k]) for k in ("round", "samples", "fixes", "breaks", "kept")]
+        + ["yes" if r["trained"] else "no (too few)", str(r["steps"])]
+        for r in stage2["rounds"]
+    ]
+    return [
+        "",
+        '## Stage II: STaR (paper Table 4, "STaR in Stage II")',
+        "",
+        "Stage II's RL is replaced by STaR rounds from the Stage I policy: sample two-attempt "
+        "traces, keep the successful revisions (attempt 1 wrong, attempt 2 right), fine-tune "
+        "on their attempt-2 tokens.",
+        "",
+        markdown_table(STAR_HEADER, rows),
+        "",
+        f"**{stage2['note']}**",
+    ]
 
 
 def _stage_rows(steps: list[dict[str, Any]]) -> list[list[str]]:

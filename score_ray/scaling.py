@@ -9,12 +9,14 @@ With a budget of b samples per problem, two ways to spend it:
 
 Pure functions, no Ray and no model, so each formula is tested on hand-worked numbers:
 
-    normalize_answer(answer)                     the key a vote counts
-    majority_vote(answers, rewards)              the reward one vote earns (ties split)
+    normalize_answer(answer)                     a code answer's vote key
+    vote_keys(answers, agree)                    one key per class of answers the verifier
+                                                 counts as equal ("1/2", "0.5", "\\frac{1}{2}")
+    majority_vote(keys, rewards)                 the reward one vote earns (ties split)
     pass_at_k(n, c, k)                           unbiased pass@k (Chen et al. 2021)
     sample_budgets(n)                            1, 2, 4, ... up to n
     chains_for_budget(budget, attempts)          first attempts a sequential budget affords
-    majority_at_budget(answers, rewards, size)   mean vote over disjoint groups of samples
+    majority_at_budget(keys, rewards, size)      mean vote over disjoint groups of samples
     problem_curves(...)                          every curve's value on one problem
     scaling_summary(...)                         the curves' means with bootstrap CIs
     curve(summary, scheme, kind), format_scaling(...)   one curve back; the terminal table
@@ -26,7 +28,7 @@ docs/evaluation_statistics.md explains each choice.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from score_ray.evaluate import (
@@ -40,6 +42,10 @@ from score_ray.evaluate import (
 
 Answer = str | None
 """An extracted answer; None when the completion has none (unparseable: no vote)."""
+Agreement = Callable[[str, str], bool]
+"""agree(a, b): whether the verifier, with `a` in the gold answer's seat, accepts `b`
+(`score_ray.verify.scorers.answer_agreement`); agree(a, a) is False for an answer it cannot
+score at all."""
 PARALLEL = "parallel"
 SEQUENTIAL = "sequential"
 SEQUENTIAL_ATTEMPTS = 2
@@ -48,32 +54,77 @@ _SPACE = re.compile(r"\s+")
 
 
 def normalize_answer(answer: Answer) -> Answer:
-    """The key a vote counts: case folded, runs of whitespace removed, a trailing full stop
-    dropped, so that "1/2", " 1 / 2 " and "1/2." vote together. None (no answer) and an
-    answer that normalises to nothing stay None: they cast no vote."""
+    """The vote key of an answer the verifier offers no equivalence for (code): case folded,
+    runs of whitespace removed, a trailing full stop dropped, so that "1/2", " 1 / 2 " and
+    "1/2." vote together. None (no answer) and an answer that normalises to nothing stay
+    None: they cast no vote."""
     if answer is None:
         return None
     key = _SPACE.sub("", answer).casefold().rstrip(".")
     return key or None
 
 
-def majority_vote(answers: Sequence[Answer], rewards: Sequence[float]) -> float:
+def vote_keys(answers: Sequence[Answer], agree: Agreement | None = None) -> list[Answer]:
+    """Each answer's vote key: answers with one key vote together (`majority_vote`).
+
+    Without `agree` (code answers), the key is `normalize_answer`'s. With it, the verifier's
+    notion decides: each distinct answer, in sample order, first must agree with itself (an
+    answer the verifier cannot score at all casts no vote: key None), then joins the first earlier
+    class whose representative (its first answer) it agrees with, or starts a class of its
+    own; its key is the representative. An identical string reuses its key without a call,
+    so agree runs at most d * (c + 1) times for d distinct answers in c classes. A call that
+    raises counts as disagreement: model output is hostile and the vote must not crash.
+    Equivalence that is not transitive (a numeric tolerance) is settled by sample order: an
+    answer joins the first class it matches.
+
+    Example, math (agree = math-verify): "0.5", "1/2", "\\frac{1}{2}", "2", "2.0" and an
+    answer of 1001 characters (scored 0 unread) get keys "0.5", "0.5", "0.5", "2", "2", None.
+    """
+    if agree is None:
+        return [normalize_answer(answer) for answer in answers]
+    known: dict[str, Answer] = {}  # answer -> its key
+    representatives: list[str] = []  # one per class, in sample order
+    for answer in answers:
+        if answer is not None and answer not in known:
+            known[answer] = _class_of(answer, representatives, agree)
+    return [None if answer is None else known[answer] for answer in answers]
+
+
+def _class_of(answer: str, representatives: list[str], agree: Agreement) -> Answer:
+    """`vote_keys`' step for one new distinct answer (appended if it starts a class)."""
+    if not _agrees(agree, answer, answer):
+        return None
+    for representative in representatives:
+        if _agrees(agree, representative, answer):
+            return representative
+    representatives.append(answer)
+    return answer
+
+
+def _agrees(agree: Agreement, a: str, b: str) -> bool:
+    try:
+        return bool(agree(a, b))
+    except Exception:  # a scorer broken by a hostile answer: no match, never a crash
+        return False
+
+
+def majority_vote(keys: Sequence[Answer], rewards: Sequence[float]) -> float:
     """The reward of a majority vote over one problem's samples, in [0, 1].
 
-    Each sample with an answer votes for its normalised answer (`normalize_answer`); samples
-    without one abstain, and with no vote at all the vote earns 0. The most frequent answers
-    are the winners; an answer is right in the share of its samples the verifier accepted
-    (1 or 0 unless normalisation merged answers the verifier told apart). A tie between
+    Each sample votes for its key (`vote_keys`: its normalised answer, or its class of
+    answers the verifier counts as equal); samples with key None (no answer, or one the
+    verifier cannot score) abstain, and with no vote at all the vote earns 0. The most
+    frequent keys are the winners; a key is right in the share of its samples the verifier
+    accepted (1 or 0 unless the key merged answers the verifier told apart). A tie between
     winners is broken uniformly at random in expectation: the vote earns the winners' mean,
     so the result does not depend on the samples' order.
 
-    Example: answers (7, 7, 5, 5, None) with 7 right: a 2-2 tie between 7 and 5 earns 0.5.
+    Example: keys (7, 7, 5, 5, None) with 7 right: a 2-2 tie between 7 and 5 earns 0.5.
     """
-    if len(answers) != len(rewards):
-        raise ValueError(f"{len(answers)} answers but {len(rewards)} rewards")
+    if len(keys) != len(rewards):
+        raise ValueError(f"{len(keys)} answers but {len(rewards)} rewards")
     by_key: dict[str, list[float]] = {}
-    for answer, reward in zip(answers, rewards, strict=True):
-        key = normalize_answer(answer)
+    for key, reward in zip(keys, rewards, strict=True):
         if key is not None:
             by_key.setdefault(key, []).append(1.0 if is_right(reward) else 0.0)
     if not by_key:
@@ -122,16 +173,17 @@ def chains_for_budget(budget: int, attempts: int = SEQUENTIAL_ATTEMPTS) -> int:
     return budget // attempts
 
 
-def majority_at_budget(answers: Sequence[Answer], rewards: Sequence[float], size: int) -> float:
-    """Majority-vote reward with `size` samples, from len(answers) >= size i.i.d. samples:
-    the mean vote over the len(answers) // size disjoint groups of consecutive samples (each
-    group is an independent vote of that size, so the mean is unbiased and uses the samples
-    that a single group would waste). Samples beyond the last whole group are left out."""
-    groups = len(answers) // size if size >= 1 else 0
+def majority_at_budget(keys: Sequence[Answer], rewards: Sequence[float], size: int) -> float:
+    """Majority-vote reward with `size` samples, from the vote keys of len(keys) >= size
+    i.i.d. samples: the mean vote over the len(keys) // size disjoint groups of consecutive
+    samples (each group is an independent vote of that size, so the mean is unbiased and uses
+    the samples that a single group would waste). Samples beyond the last whole group are
+    left out."""
+    groups = len(keys) // size if size >= 1 else 0
     if groups < 1:
-        raise ValueError(f"need a group size in 1..{len(answers)}, got {size}")
+        raise ValueError(f"need a group size in 1..{len(keys)}, got {size}")
     votes = [
-        majority_vote(answers[g * size : (g + 1) * size], rewards[g * size : (g + 1) * size])
+        majority_vote(keys[g * size : (g + 1) * size], rewards[g * size : (g + 1) * size])
         for g in range(groups)
     ]
     return sum(votes) / groups
@@ -149,29 +201,27 @@ def problem_curves(
 ) -> dict[str, float]:
     """Every curve's value on one problem.
 
-    first: the answers and rewards of its N sampled first attempts;
+    first: the vote keys (`vote_keys`) and rewards of its N sampled first attempts;
     revised: those of the corrections of its first N/2 first attempts, or None (parallel
     only). At budget b: parallel majority over b first attempts and pass@b; sequential
     (b >= 2) majority over the b/2 corrected answers and pass@(b/2) over them.
     """
-    answers, rewards = first
+    keys, rewards = first
     right = sum(map(is_right, rewards))
     values: dict[str, float] = {}
     for budget in budgets:
-        values[curve_name(PARALLEL, "majority", budget)] = majority_at_budget(
-            answers, rewards, budget
-        )
+        values[curve_name(PARALLEL, "majority", budget)] = majority_at_budget(keys, rewards, budget)
         values[curve_name(PARALLEL, "pass", budget)] = pass_at_k(len(rewards), right, budget)
     if revised is None:
         return values
-    fixed_answers, fixed_rewards = revised
+    fixed_keys, fixed_rewards = revised
     fixed_right = sum(map(is_right, fixed_rewards))
     for budget in budgets:
         if budget < SEQUENTIAL_ATTEMPTS or budget % SEQUENTIAL_ATTEMPTS:
             continue
         chains = chains_for_budget(budget)
         values[curve_name(SEQUENTIAL, "majority", budget)] = majority_at_budget(
-            fixed_answers, fixed_rewards, chains
+            fixed_keys, fixed_rewards, chains
         )
         values[curve_name(SEQUENTIAL, "pass", budget)] = pass_at_k(
             len(fixed_rewards), fixed_right, chains

@@ -46,7 +46,9 @@ from score_ray.algo import TraceBatch, attempt_rewards, collate_traces
 from score_ray.algo.advantages import trace_advantages
 from score_ray.algo.traces import Attempt, Trace
 from score_ray.checkpoint import (
+    FINAL,
     FINAL_ADAPTER,
+    STAGE1_POLICY,
     checkpoint_location,
     latest_checkpoint,
     learner_dir,
@@ -208,14 +210,38 @@ class Trainer:
                     self.recover_learner(failure)
                     bar.n = self.global_step
                     bar.refresh()
-        self.rollouts.shutdown()
-        final = self.evaluate(tag="final")
-        self.metrics.log_final(final, self.global_step)
-        write_final(cfg, self.actors.learner.save_pretrained)  # LoRA: merged into the base
-        if cfg.learner.lora.rank > 0:
+        return self._finish()
+
+    def release_actors(self) -> None:
+        """Kill every actor and free the placement for what this driver starts next (STaR in
+        Stage II: new vLLM engines, Ray Train workers). On GPUs, the placement goes only once
+        the rollout GPUs have room for a new engine (`wait_for_gpu_release`, as in
+        `recover_learner`); on CPU that wait is a no-op."""
+        actors = self.actors
+        actors.rollout.shutdown()
+        actors.verifiers.shutdown()
+        actors.learner.shutdown()
+        wait_for_gpu_release(self.cfg, actors.placement, self.cfg.placement_timeout_s)
+        actors.placement.remove()
+
+    def _finish(self) -> dict[str, float]:
+        """The last evaluation, then the trained model to OUTPUT_DIR/final.
+
+        With train.stage2_method=star the policy is only Stage I's: it is evaluated as
+        "stage1" and written to OUTPUT_DIR/stage1, and `score_ray.star_stage2` trains final/
+        from it (the final numbers then come from `score-ray eval`)."""
+        self.rollouts.shutdown()  # nothing is in flight after the last step; stop the thread
+        cfg = self.cfg
+        rl = cfg.train.stage2_method == "rl"
+        result = self.evaluate(tag="final" if rl else STAGE1_POLICY)
+        if rl:
+            self.metrics.log_final(result, self.global_step)
+        folder = FINAL if rl else STAGE1_POLICY
+        write_final(cfg, self.actors.learner.save_pretrained, folder)  # LoRA: merged into the base
+        if cfg.learner.lora.rank > 0 and rl:
             write_final(cfg, self.actors.learner.save_adapter, FINAL_ADAPTER)
         self.metrics.close()
-        return final
+        return result
 
     def _after_step(self) -> None:
         """Periodic checkpoint, checkpoint-and-exit on a signal, periodic evaluation (the last

@@ -63,7 +63,7 @@ def run_sft(
             current = report["model_out"]
         _write_json(out / SUMMARY, summary)
     if current != model_path:
-        summary["final"] = str(_publish(Path(current), out / FINAL))
+        summary["final"] = str(publish_folder(Path(current), out / FINAL))
     else:
         log.warning("sft: no round had enough examples to train on; no final/ written")
     summary["time_s"] = time.perf_counter() - started
@@ -209,7 +209,7 @@ def train_round(
         fail_after_step=fail_after_step,
     )
     state = torch.load(Path(checkpoint) / STATE_FILE, weights_only=False)
-    model_out = _publish(
+    model_out = publish_folder(
         Path(checkpoint), Path(cfg.output_dir) / ROUNDS / f"round_{index}" / "model"
     )
     return {
@@ -224,7 +224,7 @@ def train_round(
     }
 
 
-def _publish(checkpoint: Path, target: Path) -> Path:
+def publish_folder(checkpoint: Path, target: Path) -> Path:
     """Copy a checkpoint's HF folder (not its optimizer state) to `target`, atomically."""
     from score_ray.sft.train import STATE_FILE
 

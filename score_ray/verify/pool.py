@@ -100,6 +100,9 @@ class VerifyStats:
     """Scored completions that tripped a reward-hack canary (`score_ray.verify.canaries`)."""
     suspicious_kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     """The same, per canary kind (a completion may trip several)."""
+    faulted: list[int] = field(default_factory=list)
+    """Positions of the items that scored 0 by an error or a timeout, not by a verdict: the
+    eval's majority vote keeps their answers out of the driver (one may hang a parser)."""
 
     def count_canaries(self, kinds: tuple[str, ...]) -> None:
         if kinds:
@@ -205,9 +208,11 @@ class VerifierPool:
                 queue.append((call.item, call.tries + 1))
             else:
                 stats.errors += 1
+                stats.faulted.append(call.item)
             self._replace(call.actor, stats)
         except Exception:
             stats.errors += 1  # the scorer raised: reward stays 0
+            stats.faulted.append(call.item)
 
     def _expire(self, inflight, stats) -> None:
         now = time.monotonic()
@@ -215,6 +220,7 @@ class VerifierPool:
         for ref in late:
             call = inflight.pop(ref)
             stats.timeouts += 1
+            stats.faulted.append(call.item)
             self._replace(call.actor, stats)
 
     def _replace(self, index: int, stats: VerifyStats) -> None:

@@ -13,12 +13,18 @@ deadline must be able to abandon or kill the worker, not just wait.
 Code tasks (HumanEval, MBPP) are scored by running the extracted program in the sandbox
 (`score_ray.verify.sandbox`): an unprivileged, resource-limited process with no network and a
 private filesystem, called by the problem's tests from a second sandboxed process through
-proxies that pass only plain data. This module is only called from the Verifier actors, so
+proxies that pass only plain data. Scoring is only called from the Verifier actors, so
 model-written code never runs in the driver, the learners or the rollout workers.
+
+`answer_agreement` turns the same scorers into an answer-to-answer equivalence for the
+majority vote of `score-ray eval --parallel` (`score_ray.scaling.vote_keys`), which runs in
+the driver: only on extracted math / reasoning-gym answers (never on code), and only on
+answers the Verifier actors already scored without a timeout or error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -171,6 +177,40 @@ def score_completion(
     if source == "math_jsonl":
         return _score_math(problem.answer, answer)
     raise ValueError(f"problem {problem.uid}: unknown task source {source!r} in meta")
+
+
+def answer_agreement(problem: Problem) -> Callable[[str, str], bool] | None:
+    """agree(a, b) for the majority vote over `problem`'s sampled answers: whether the
+    verifier, with answer `a` in the gold answer's seat, accepts answer `b`; None for code
+    problems (programs vote by their text).
+
+    math: `_score_math(a, b)`, the very comparison rewards use (math-verify), so "0.5",
+        "1/2" and "\\frac{1}{2}" agree. What math-verify cannot parse as math it compares as
+        text, as it does for rewards; an answer scored 0 unread (empty, over
+        MAX_MATH_ANSWER_CHARS) does not even agree with itself, so it casts no vote.
+    reasoning-gym: the dataset's own scorer with `a` as the entry's answer, asked both ways
+        (basic_arithmetic's exact match: "-053" and "-53" do not agree, nor "7." and "7").
+        Both ways because some scorers read the gold from elsewhere in the entry: then
+        agreement means both are right, which merges only answers of one reward.
+    Exceptions from hostile input count as disagreement in `vote_keys`.
+    """
+    source = problem.meta.get("source")
+    if source == "math_jsonl":
+        return lambda a, b: _score_math(a, b) == 1.0
+    if source == "reasoning_gym":
+
+        def agree(a: str, b: str) -> bool:
+            return a == b or (_gym_accepts(problem, a, b) and _gym_accepts(problem, b, a))
+
+        return agree
+    return None
+
+
+def _gym_accepts(problem: Problem, gold: str, answer: str) -> bool:
+    """reasoning-gym's scorer for `problem` with `gold` as the entry's answer."""
+    entry = {**problem.meta["entry"], "answer": gold}  # a str encodes as itself
+    swapped = dataclasses.replace(problem, meta={**problem.meta, "entry": entry})
+    return _score_reasoning_gym(swapped, answer) == 1.0
 
 
 def _score_code(

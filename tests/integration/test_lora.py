@@ -17,13 +17,16 @@ from pathlib import Path
 
 import torch
 
-from score_ray.algo import collate_traces
 from score_ray.learner.group import LearnerGroup
-from score_ray.rollout.group import RolloutGroup
 from score_ray.sync import sync_weights
-from score_ray.tasks.base import Problem
-from tests.integration.conftest import max_abs_diff, tiny_config
-from tests.integration.test_weight_sync import LOGPROB_TOL, assert_sampling_logprobs_match
+from tests.integration.conftest import (
+    LOGPROB_TOL,
+    assert_rollout_matches_learner,
+    assert_synced,
+    max_abs_diff,
+    start_sync_rig,
+    tiny_config,
+)
 
 LORA = (
     "learner.lora.rank=4",
@@ -46,16 +49,10 @@ def _hf_logprobs(model: torch.nn.Module, ids: list[int]) -> list[float]:
 
 def test_lora_sync_parity_resume_and_final(ray_local, tiny_model_path, tmp_path):
     cfg = tiny_config(tmp_path, *LORA)
-    rollout = RolloutGroup(cfg, tiny_model_path)
-    learner = LearnerGroup(cfg, tiny_model_path)
-    problems = [Problem(f"p{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(2)]
-    traces = rollout.generate(problems, samples_per_prompt=2, greedy=False, seed=1)
-    probe = [traces[0].token_ids]
-    rollout_before = rollout.sequence_logprobs(probe)
-    assert max_abs_diff(rollout_before, learner.sequence_logprobs(probe)) < LOGPROB_TOL
+    rig = start_sync_rig(cfg, tiny_model_path)  # rollout and learner agree before any update
+    rollout, learner, probe = rig.rollout, rig.learner, rig.probe
+    batch, advantage = rig.batch, rig.advantage
 
-    batch = collate_traces(traces, pad_id=0)
-    advantage = torch.tensor([1.0, -1.0, 1.0, -1.0])
     first = learner.train_step(batch, advantage, -advantage, stage=1)
     # B = 0: the policy is exactly its reference (the same module, adapter disabled)
     assert first["grad_norm"] > 0
@@ -64,13 +61,7 @@ def test_lora_sync_parity_resume_and_final(ray_local, tiny_model_path, tmp_path)
     learner.save_checkpoint(str(checkpoint))
 
     sync_weights(learner, rollout, version=1)
-    rollout_after = rollout.sequence_logprobs(probe)
-    learner_after = learner.sequence_logprobs(probe)
-    assert max_abs_diff(rollout_after, learner_after) < LOGPROB_TOL
-    assert max_abs_diff(rollout_after, rollout_before) > 10 * LOGPROB_TOL
-    after_sync = rollout.generate(problems, 2, False, 2)
-    assert all(t.weight_version == 1 for t in after_sync)
-    assert_sampling_logprobs_match(learner, after_sync)
+    learner_after = assert_synced(rig, version=1)
 
     second = learner.train_step(batch, advantage, -advantage, stage=1)
     assert second["kl/attempt1"] > 0  # the reference stayed the base while the policy moved
@@ -112,24 +103,13 @@ def test_lora_adapter_only_sync_parity(ray_local, tiny_model_path, tmp_path):
     """learner.lora.sync=adapter: vLLM serves the adapter as a LoRA (punica CPU path); after
     each of two syncs (the second replaces the first adapter) its log-probs are the learner's."""
     cfg = tiny_config(tmp_path, *LORA, "learner.lora.sync=adapter")
-    rollout = RolloutGroup(cfg, tiny_model_path)
-    learner = LearnerGroup(cfg, tiny_model_path)
-    problems = [Problem(f"p{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(2)]
-    traces = rollout.generate(problems, samples_per_prompt=2, greedy=False, seed=1)
-    probe = [traces[0].token_ids]
-    before = rollout.sequence_logprobs(probe)
-    batch = collate_traces(traces, pad_id=0)
-    advantage = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    rig = start_sync_rig(cfg, tiny_model_path)
+    rollout, learner = rig.rollout, rig.learner
     for version in (1, 2):
-        learner.train_step(batch, advantage, -advantage, stage=1)
+        learner.train_step(rig.batch, rig.advantage, -rig.advantage, stage=1)
         handle = sync_weights(learner, rollout, version)
         assert handle.transport == "lora_adapter" and handle.num_bytes < 1_000_000
-        assert max_abs_diff(rollout.sequence_logprobs(probe), learner.sequence_logprobs(probe)) < (
-            LOGPROB_TOL
-        )
-    assert max_abs_diff(rollout.sequence_logprobs(probe), before) > 10 * LOGPROB_TOL
-    after_sync = rollout.generate(problems, 2, False, 2)
-    assert all(t.weight_version == 2 for t in after_sync)
-    assert_sampling_logprobs_match(learner, after_sync)
+        assert_rollout_matches_learner(rig)
+    assert_synced(rig, version=2)  # also moved from the base; samples carry version 2
     learner.shutdown()
     rollout.shutdown()

@@ -1,5 +1,10 @@
 """`score-ray sft` through the real stack on the tiny model: Ray Train (TorchTrainer, 2 DDP
-workers on gloo), RL's RolloutGroup (vLLM) and VerifierPool, a killed run that resumes."""
+workers on gloo), RL's RolloutGroup (vLLM) and VerifierPool, a killed run that resumes; and
+`score-ray train train.stage2_method=star`, STaR rounds after a real Stage I.
+
+Both sample from the tiny model wired as a guessing bigram table, so that its own attempts
+hold wrong and right answers. A round with too few examples (the random tiny model's lot)
+is tested without Ray in tests/unit/test_star_stage2.py, from round data on disk."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import pytest
 from score_ray.launch import prepare_splits
 from score_ray.sft.run import run_sft
 
-from .conftest import tiny_config
+from .conftest import CONF, tiny_config
 
 SMALL_TRAINING = (
     "sft.num_workers=2",
@@ -22,30 +27,6 @@ SMALL_TRAINING = (
     "sft.min_examples=4",
     "sft.lr=1e-3",
 )
-
-
-def test_star_on_the_rl_actors_says_plainly_when_a_round_has_too_few(
-    ray_local, tiny_model_path, tmp_path
-):
-    """The random tiny model never answers right: both rounds keep 0 successful revisions,
-    and the summary says each had too few to train on (no final/)."""
-    cfg = tiny_config(
-        tmp_path,
-        "sft.method=star",
-        "sft.rounds=2",
-        "sft.problems_per_round=4",
-        "sft.samples_per_prompt=2",
-        *SMALL_TRAINING,
-    )
-    model_path, splits = prepare_splits(cfg)
-    summary = run_sft(cfg, model_path, splits.train)
-    rounds = summary["rounds"]
-    assert [r["samples"] for r in rounds] == [8, 8]  # 4 problems x 2 traces, from vLLM
-    assert [r["kept"] for r in rounds] == [0, 0]
-    assert all(not r["trained"] and "too few examples to train on" in r["note"] for r in rounds)
-    assert summary["final"] is None
-    saved = json.loads((tmp_path / "sft_summary.json").read_text())
-    assert saved["rounds"][1]["note"] == rounds[1]["note"]
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +129,62 @@ def test_pair_sft_on_self_generated_data_resumes_after_a_kill_and_loads_in_vllm(
     finally:
         rollout.shutdown()
     assert len(traces) == 2 and all(t.attempt1_ids for t in traces)
+
+
+def test_star_in_stage2_trains_final_from_the_stage1_policy(
+    ray_local, guessing_model_path, tmp_path
+):
+    """`score-ray train train.stage2_method=star` (the paper's Table 4 "STaR in Stage II"):
+    one Stage I step on the real learner, the Stage I policy written to stage1/, then a STaR
+    round from it on the rollout workers and verifier pool, trained on Ray Train; final/ is
+    that round's model, and stage2.json and eval.json say so with the revisions kept."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from score_ray.cli import main as cli_main
+    from score_ray.eval_cli import eval_config
+    from score_ray.star_stage2 import read_stage2
+
+    one_digit = "{min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1, operators: ['+']}"
+    overrides = [
+        f"output_dir={tmp_path}",
+        f"model.path={guessing_model_path}",
+        f"task.params={one_digit}",
+        "train.stage1_steps=1",
+        "train.stage2_steps=0",
+        "train.stage2_method=star",
+        "train.checkpoint_every=0",
+        "sft.problems_per_round=32",
+        "sft.samples_per_prompt=4",
+        "sft.num_workers=1",
+        "sft.batch_size=4",
+        "sft.micro_batch_size=4",
+        "sft.min_examples=2",
+        "sft.lr=1e-3",
+        "sft.checkpoint_every=100",
+    ]
+    assert cli_main(["train", "--config", str(CONF / "tiny.yaml"), *overrides]) == 0
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records if "eval" not in r] == [1]  # no RL Stage II step
+    assert [r["eval"] for r in records if "eval" in r] == ["base", "stage1"]
+    stage2 = json.loads((tmp_path / "stage2.json").read_text())
+    (round0,) = stage2["rounds"]
+    # 32 problems x 4 traces; the guessing model fixes a wrong first attempt 1 time in ~20
+    assert round0["samples"] == 128 and round0["kept"] == round0["fixes"] >= 2
+    assert round0["trained"] and round0["steps"] >= 1
+    assert stage2["stage2_method"] == "star" and stage2["final_from"] == "stage2_star"
+    assert "kept" in stage2["note"] and str(round0["kept"]) in stage2["note"]
+
+    final, stage1 = tmp_path / "final", tmp_path / "stage1"
+    star_out = tmp_path / "stage2_star" / "final"
+    trained = AutoModelForCausalLM.from_pretrained(final)
+    start = AutoModelForCausalLM.from_pretrained(stage1)
+    pairs = list(zip(trained.parameters(), start.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in pairs)  # STaR moved the Stage I policy
+    assert (final / "model.safetensors").read_bytes() == (
+        star_out / "model.safetensors"
+    ).read_bytes()
+    # `score-ray eval model.path=RUN` evaluates final/, and its eval.json names the method
+    cfg, run_dir = eval_config(None, [f"model.path={tmp_path}"])
+    assert cfg.model.path == str(final) and read_stage2(run_dir) == stage2

@@ -36,6 +36,7 @@ def test_pool_scores_correctly_without_faults(ray_local):
     pool.shutdown()
     assert rewards == [1.0, 0.0, 0.0] * (len(items) // 3)
     assert (stats.errors, stats.timeouts, stats.restarts) == (0, 0, 0)
+    assert stats.faulted == []
 
 
 def test_pool_survives_raising_and_hanging_verifiers(ray_local):
@@ -50,6 +51,8 @@ def test_pool_survives_raising_and_hanging_verifiers(ray_local):
     assert raised > 0 and hung > 0, "the fixed items should exercise both faults"
     assert stats.errors == raised
     assert stats.timeouts == hung
+    # ... and each faulted item by position (the eval's vote keeps them out of the driver)
+    assert sorted(stats.faulted) == [i for i, d in enumerate(draws) if d < 0.40]
     assert stats.restarts >= 1
     for (_, text), draw, reward in zip(items, draws, rewards, strict=True):
         expected = (

@@ -199,7 +199,15 @@ def test_every_ablation_layers_over_the_demo_config(path):
     demo = load_config(CONF / "demo.yaml")
     ablation = load_config([CONF / "demo.yaml", path])
     assert ablation != demo
-    # The same budget: every ablation runs as many policy updates as the demo.
+    # The same budget: every ablation runs as many policy updates as the demo, except STaR in
+    # Stage II, whose Stage II samples as many traces as the demo's and then fine-tunes.
+    if ablation.train.stage2_method == "star":
+        assert ablation.train.stage1_steps == demo.train.stage1_steps
+        sampled = (
+            ablation.sft.rounds * ablation.sft.problems_per_round * ablation.sft.samples_per_prompt
+        )
+        assert sampled == demo.train.stage2_steps * demo.traces_per_step
+        return
     total = ablation.train.stage1_steps + ablation.train.stage2_steps
     assert total == demo.train.stage1_steps + demo.train.stage2_steps
 

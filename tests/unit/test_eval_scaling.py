@@ -99,7 +99,7 @@ class FakeVerifiers:
 
     def score(self, items):
         self.items += items
-        stats = SimpleNamespace(as_metrics=lambda: {"verify/errors": 1})
+        stats = SimpleNamespace(as_metrics=lambda: {"verify/errors": 1}, faulted=[])
         return [1.0 if text == _answer("7") else 0.0 for _, text in items], stats
 
 
@@ -196,3 +196,23 @@ def test_a_plain_two_attempt_evaluation_writes_no_plot(tmp_path):
     report = {**summary, "metrics": list(summary), "n": 2, "attempts": 2}
     write_outputs(tmp_path, report, [])
     assert sorted(p.name for p in tmp_path.iterdir()) == [EVAL_JSON, "eval_problems.jsonl"]
+
+
+def test_the_vote_groups_by_the_verifier_and_leaves_out_what_it_failed_on(tmp_path):
+    """Math samples vote by math-verify equivalence; an item whose scoring timed out or raised
+    in a Verifier actor casts no vote (its answer is never parsed in the driver), while the
+    problem's row keeps its text."""
+    cfg = load_config(CONF / "tiny.yaml", [f"output_dir={tmp_path}"])
+    rollout = FakeRollout([["1/2", "0.5", "\\frac{1}{2}", "3"]])
+
+    class Faulting(FakeVerifiers):
+        def score(self, items):
+            rewards, stats = super().score(items)
+            stats.faulted = [2]  # "\frac{1}{2}" hung in its actor
+            return rewards, stats
+
+    math = [Problem(uid="m0", question="q", answer="1/2", meta={"source": "math_jsonl"})]
+    samples, _ = sample_scaling(rollout, Faulting(), math, ScalingPlan(4), cfg)
+    assert samples.first.keys == [["1/2", "1/2", None, "3"]]
+    assert samples.first.answers == [["1/2", "0.5", "\\frac{1}{2}", "3"]]
+    assert samples.vote_s >= 0.0

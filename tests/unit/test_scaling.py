@@ -16,6 +16,7 @@ from score_ray.scaling import (
     problem_curves,
     sample_budgets,
     scaling_summary,
+    vote_keys,
 )
 
 
@@ -37,7 +38,7 @@ def test_normalize_answer(raw, key):
 
 def test_majority_vote_picks_the_most_frequent_answer():
     # 7 twice (right), 5 once (wrong): 7 wins.
-    assert majority_vote(["7", "5", " 7"], [1.0, 0.0, 1.0]) == 1.0
+    assert majority_vote(vote_keys(["7", "5", " 7"]), [1.0, 0.0, 1.0]) == 1.0
     # 5 twice (wrong) beats one right 7: self-consistency can outvote the right answer.
     assert majority_vote(["7", "5", "5"], [1.0, 0.0, 0.0]) == 0.0
 
@@ -60,7 +61,7 @@ def test_a_tie_earns_the_winners_mean_whatever_the_order():
 
 def test_answers_merged_by_normalisation_count_their_verified_share():
     # "Yes" (right) and "yes" (wrong by a case-sensitive scorer) vote together: 1/2.
-    assert majority_vote(["Yes", "yes", "no"], [1, 0, 0]) == 0.5
+    assert majority_vote(vote_keys(["Yes", "yes", "no"]), [1, 0, 0]) == 0.5
 
 
 def test_majority_vote_needs_one_reward_per_answer():
