@@ -118,10 +118,16 @@ def table(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
-        dev = result["dev"]
         signal = result.get("train_signal") or {}
         fixes = sum(v["fixes"] for k, v in signal.items() if k.startswith("stage"))
         breaks = sum(v["breaks"] for k, v in signal.items() if k.startswith("stage"))
+        if "dev" not in result:  # a run stopped before its evaluation: its signal only
+            lines.append(
+                f"| {name} | - | - | {result.get('stopped', '-')} | - | - | - | "
+                f"{fixes:.0f}/{breaks:.0f} |"
+            )
+            continue
+        dev = result["dev"]
         lines.append(
             f"| {name} | {dev['acc_t1']['value']:.3f} | {dev['acc_t2']['value']:.3f} | "
             f"{cell(dev['delta'])} | {dev['delta'].get('mcnemar_p', float('nan')):.3g} | "
