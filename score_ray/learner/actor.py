@@ -329,9 +329,10 @@ class Learner:
                     logprobs, piece.behaviour_logprobs, cfg.algo.is_ratio_cap
                 )
                 generated = piece.attempt1_mask + piece.attempt2_mask
-                raw = torch.exp(logprobs.detach() - piece.behaviour_logprobs)
                 is_sum += (token_weights * generated).sum().item()
-                is_capped += ((raw > cfg.algo.is_ratio_cap).float() * generated).sum().item()
+                # min(ratio, C) reaches C only where the ratio did: no second copy of it here
+                capped = (token_weights >= cfg.algo.is_ratio_cap).float()
+                is_capped += (capped * generated).sum().item()
                 is_tokens += generated.sum().item()
             index = torch.tensor(rows, dtype=torch.long)
             terms = score_loss(
