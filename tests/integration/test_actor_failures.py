@@ -47,6 +47,7 @@ def test_run_survives_rollout_verifier_and_learner_deaths(ray_local, tmp_path, m
         "train.stage1_steps=3",
         "train.stage2_steps=2",
         "train.checkpoint_every=1",
+        "train.eval_max_problems=2",
         *mode,
     )
     model_path, train, held_out = prepare_inputs(cfg)

@@ -195,6 +195,8 @@ def test_tiny_run_as_ray_job_on_existing_head(ray_head: Head, tmp_path: Path):
         "--",
         # conf/tiny.yaml is relative: it resolves in the uploaded working_dir.
         "score-ray", "train", "--config", "conf/tiny.yaml", f"output_dir={out}",
+        # One step per stage and two eval problems: the driver's join is what is checked.
+        "train.stage1_steps=1", "train.stage2_steps=1", "train.eval_max_problems=2",
         timeout_s=JOB_TIMEOUT_S,
     )  # fmt: skip
     address = ("--address", ray_head.dashboard_url)
@@ -209,6 +211,6 @@ def test_tiny_run_as_ray_job_on_existing_head(ray_head: Head, tmp_path: Path):
     assert "done: Acc@t1" in logs
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "eval" not in r] == [1, 2, 3, 4]
+    assert [(r["stage"], r["step"]) for r in records if "eval" not in r] == [(1, 1), (2, 2)]
     assert (out / "config.yaml").is_file()
     assert (out / "final" / "config.json").is_file()

@@ -44,14 +44,16 @@ def _ragged_traces(count: int, vocab: int = 49152) -> list[Trace]:
 
 
 def _update(cfg, model_path, batch, adv1, adv2, probe):
+    """One update on a new learner group: (stats, post-update log-probs of `probe`, rank 0's
+    thread report, the group's attempt log-probs before the update). The group is shut down."""
     group = LearnerGroup(cfg, model_path)
     try:
+        before = group.attempt_logprobs(batch)
         stats = group.train_step(batch, adv1, adv2, stage=2)
         threads = ray.get(group.ranks[0].thread_report.remote())
-        return stats, group.sequence_logprobs(probe), threads, group
-    except BaseException:
+        return stats, group.sequence_logprobs(probe), threads, before
+    finally:
         group.shutdown()
-        raise
 
 
 def test_token_budget_and_importance_weights_take_the_same_update(
@@ -65,8 +67,7 @@ def test_token_budget_and_importance_weights_take_the_same_update(
     probe = [traces[0].token_ids, traces[5].token_ids]
 
     fixed_cfg = tiny_config(tmp_path, *COMMON, "learner.micro_batch_size=2")
-    fixed, fixed_after, _, group = _update(fixed_cfg, tiny_model_path, batch, adv1, adv2, probe)
-    group.shutdown()
+    fixed, fixed_after, _, own = _update(fixed_cfg, tiny_model_path, batch, adv1, adv2, probe)
 
     budget = 2 * max(lengths)  # two of the longest, or more of the short ones, per pass
     pinned = ["learner.cpu_cores=[1]"] if len(os.sched_getaffinity(0)) >= 2 else []
@@ -77,10 +78,9 @@ def test_token_budget_and_importance_weights_take_the_same_update(
         f"learner.max_tokens_per_micro_batch={budget}",
         *pinned,
     )
-    packed, packed_after, threads, group = _update(
+    packed, packed_after, threads, _ = _update(
         packed_cfg, tiny_model_path, batch, adv1, adv2, probe
     )
-    group.shutdown()
 
     assert fixed["learner/micro_batches"] == 4
     assert packed["learner/micro_batches"] < 4  # the short traces share passes
@@ -90,22 +90,17 @@ def test_token_budget_and_importance_weights_take_the_same_update(
     if pinned:
         assert threads == {"affinity": [1], "torch_threads": 1}
 
-    # One-step-off with behaviour log-probs equal to the learner's own: every importance
-    # weight is 1, so the update is the on-policy one.
-    base = LearnerGroup(fixed_cfg, tiny_model_path)
-    try:
-        own = base.attempt_logprobs(batch)
-    finally:
-        base.shutdown()
+    # One-step-off with behaviour log-probs equal to the learner's own (the fixed-count
+    # group's, before its update): every importance weight is 1, so the update is the
+    # on-policy one.
     for trace, (logprobs1, logprobs2) in zip(traces, own, strict=True):
         trace.attempt1_logprobs, trace.attempt2_logprobs = logprobs1, logprobs2
     async_cfg = tiny_config(
         tmp_path, *COMMON, "learner.micro_batch_size=2", "train.max_staleness=1"
     )
-    weighted, weighted_after, _, group = _update(
+    weighted, weighted_after, _, _ = _update(
         async_cfg, tiny_model_path, collate_traces(traces, pad_id=0), adv1, adv2, probe
     )
-    group.shutdown()
     assert weighted["is/weight_mean"] == pytest.approx(1.0, abs=1e-5)
     assert weighted["is/capped"] == 0.0
     assert weighted["grad_norm"] == pytest.approx(fixed["grad_norm"], rel=1e-4)

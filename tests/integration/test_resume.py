@@ -28,7 +28,14 @@ import pytest
 from score_ray.checkpoint import checkpoint_root, latest_checkpoint, read_driver_state
 from tests.integration.conftest import CONF
 
-STAGES = ["train.stage1_steps=3", "train.stage2_steps=2", "train.checkpoint_every=1"]
+# Two steps per stage: run 1 dies after step 1 (mid-Stage-I), run 2 gets SIGTERM once step 3
+# (Stage II) is checkpointed and writes step 4's checkpoint; two held-out problems per eval.
+STAGES = [
+    "train.stage1_steps=2",
+    "train.stage2_steps=2",
+    "train.checkpoint_every=1",
+    "train.eval_max_problems=2",
+]
 
 
 def _steps(out: Path) -> list[dict]:
@@ -106,7 +113,7 @@ def _wait_for_step(
 
 @pytest.mark.parametrize(
     ("mode", "staleness"),
-    [([], [0, 0, 0, 0, 0]), (["train.max_staleness=1"], [0, 1, 1, 1, 1])],
+    [([], [0, 0, 0, 0]), (["train.max_staleness=1"], [0, 1, 1, 1])],
     ids=["synchronous", "one_step_off"],
 )
 def test_kill_resume_across_stages_then_sigterm(tmp_path, mode, staleness):
@@ -119,7 +126,7 @@ def test_kill_resume_across_stages_then_sigterm(tmp_path, mode, staleness):
     assert killed["global_step"] >= 1 and killed["stage"] == 1
 
     with _run(["--resume", str(out)], tmp_path / "second.log") as second:
-        _wait_for_step(second, out, 4)  # into Stage II
+        _wait_for_step(second, out, 3)  # into Stage II
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=300)
     log = (tmp_path / "second.log").read_text()
@@ -134,8 +141,8 @@ def test_kill_resume_across_stages_then_sigterm(tmp_path, mode, staleness):
     assert third.returncode == 0, (tmp_path / "third.log").read_text()[-3000:]
 
     steps = _steps(out)
-    assert [(r["stage"], r["step"]) for r in steps] == [(1, 1), (1, 2), (1, 3), (2, 4), (2, 5)]
-    assert [r["weight_version"] for r in steps] == [1, 2, 3, 4, 5]
+    assert [(r["stage"], r["step"]) for r in steps] == [(1, 1), (1, 2), (2, 3), (2, 4)]
+    assert [r["weight_version"] for r in steps] == [1, 2, 3, 4]
     assert [r["rollout/staleness"] for r in steps] == staleness
     assert all(r["rollout/stale_dropped"] == 0 for r in steps)
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -154,6 +154,7 @@ def test_star_in_stage2_trains_final_from_the_stage1_policy(
         "train.stage2_steps=0",
         "train.stage2_method=star",
         "train.checkpoint_every=0",
+        "train.eval_max_problems=2",
         "sft.problems_per_round=32",
         "sft.samples_per_prompt=4",
         "sft.num_workers=1",
