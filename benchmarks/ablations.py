@@ -35,14 +35,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from score_ray.demo import config_args, run_cli
-from score_ray.report import markdown_table, read_eval, text_table, with_ci
+from score_ray.report import date_and_machine, markdown_table, read_eval, text_table, with_ci
 
 DEMO_CONFIG = "conf/demo.yaml"
 VARIANTS = {
@@ -107,8 +105,7 @@ def main() -> int:
         if stage2.get("stage2_method") == "star":  # how many revisions STaR had to train on
             print(f"{result['label']}: {stage2['note']}")
     record = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+        **date_and_machine(),
         "command": " ".join(sys.argv),
         "budget_steps": budget,
         "overrides": args.overrides,

@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from score_ray.demo import GIB, MemoryPeak, config_args, run_cli
-from score_ray.report import markdown_table, read_eval, text_table, with_ci
+from score_ray.report import date_and_machine, markdown_table, read_eval, text_table, with_ci
 
 DEMO_CONFIG = "conf/demo.yaml"
 METHODS = {
@@ -81,8 +79,7 @@ def main() -> int:
         for line in result.get("rounds_notes", []):
             print(f"{result['label']}: {line}")
     record = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+        **date_and_machine(),
         "command": " ".join(sys.argv),
         "from_demo": str(demo),
         "overrides": args.overrides,

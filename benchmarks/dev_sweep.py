@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from score_ray.demo import config_args, run_cli
+from score_ray.report import date_and_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "dev_sweep.json"
@@ -86,8 +85,7 @@ def run_variant(
         "answer_changes": report.get("answer_changes"),
         "train_signal": train_signal(run_dir / "metrics.jsonl"),
         "wall_s": time.perf_counter() - started,
-        "machine": f"{platform.node()} ({platform.processor() or platform.machine()})",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **date_and_machine(),
     }
 
 

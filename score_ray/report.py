@@ -26,7 +26,9 @@ Outputs (in the report folder):
 from __future__ import annotations
 
 import json
+import platform
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,14 @@ METRIC_LABELS = {
     "delta_i2c": "Delta i->c",
     "delta_c2i": "Delta c->i",
 }
+
+
+def date_and_machine() -> dict[str, str]:
+    """When and where a benchmark record was measured: UTC date-time and this machine."""
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} ({platform.processor() or platform.machine()})",
+    }
 
 
 def read_eval(folder: str | Path) -> dict[str, Any]:
