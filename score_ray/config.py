@@ -512,6 +512,14 @@ class TrainConfig:
     offline_pool_size: int = 256
     """Training problems in the offline first-attempt pool (samples_per_prompt first attempts
     each, at the attempt-1 temperature)."""
+    reachable_samples: int = 0
+    """Flip-reachable filtering (0: off). Before the first update the base model samples this
+    many first attempts (at attempt 1's temperature) for each of reachable_pool_size training
+    problems, and training draws only from those it solved in some but not all of them: the
+    only problems a second attempt can fix and RLOO can see. The counts are written to
+    OUTPUT_DIR/reachable_problems.json and read back on resume."""
+    reachable_pool_size: int = 512
+    """Training problems probed by the flip-reachable filter (0: all of them)."""
     max_staleness: int = 0
     """How many policy updates the weights that generated a batch may lag the learner's. 0: the
     synchronous loop (generate with the newest weights, then learn). 1: one-step-off, step k+1's
@@ -548,6 +556,13 @@ class TrainConfig:
             0 <= fraction <= 1, "offline_attempt1_fraction", f"must be in [0, 1], got {fraction}"
         )
         check.at_least(self.offline_pool_size, "offline_pool_size", 1)
+        check.need(
+            self.reachable_samples == 0 or self.reachable_samples >= 2,
+            "reachable_samples",
+            f"must be 0 (off) or at least 2 (solved sometimes but not always needs two "
+            f"samples), got {self.reachable_samples}",
+        )
+        check.at_least(self.reachable_pool_size, "reachable_pool_size", 0)
         check.choice(self.max_staleness, "max_staleness", STALENESS_BOUNDS)
         return check.problems
 

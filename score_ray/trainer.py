@@ -66,6 +66,13 @@ from score_ray.offline import POOL_FILE, OfflinePool, offline_prompts_per_step, 
 from score_ray.pipeline import Rollout, RolloutPipeline, stale_traces
 from score_ray.placement import Placement, reserve
 from score_ray.prompts import PromptBuilder
+from score_ray.reachable import (
+    FILTER_FILE,
+    load_counts,
+    reachable_problems,
+    save_counts,
+    solved_counts,
+)
 from score_ray.rollout.group import RolloutGroup
 from score_ray.rollout.sleep import KV_CACHE, WEIGHTS
 from score_ray.sync import (
@@ -169,6 +176,7 @@ class Trainer:
         # Padding is masked by attention_mask; the id only fills the tensor.
         self.pad_id = int(load_tokenizer(model_path).pad_token_id)
         self.offline = self._load_offline_pool() if resume else None
+        self.reachable_filtered = resume and self._load_reachable_filter()
         self.initial_state = self.driver_state()  # what a failure before any checkpoint restores
         checkpoint = latest_checkpoint(self.checkpoints) if resume else None
         if checkpoint is not None:
@@ -183,6 +191,8 @@ class Trainer:
         save_config(cfg, self.output_dir / "config.yaml")
         if self.global_step == 0:
             self.evaluate(tag="base")
+        if not self.reachable_filtered and cfg.train.reachable_samples > 0:
+            self._filter_reachable()
         if self.offline is None and cfg.train.offline_attempt1_fraction > 0:
             self.offline = self._sample_offline_pool()
             self.initial_state["offline_pool"] = self.offline.state()  # a restart redraws alike
@@ -413,6 +423,57 @@ class Trainer:
             f"first attempts in {time.perf_counter() - started:.0f} s -> {POOL_FILE}"
         )
         return pool
+
+    def _train_on(self, solved: dict[str, int]) -> None:
+        """Draw training prompts only from the flip-reachable problems of `solved`."""
+        samples = self.cfg.train.reachable_samples
+        kept = reachable_problems(self.train_problems, solved, samples)
+        if not kept:
+            raise ValueError(
+                f"train.reachable_samples={samples}: none of the {len(solved)} probed training "
+                f"problems was solved in some but not all of {samples} base-model first "
+                "attempts; probe more problems (train.reachable_pool_size) or turn the filter "
+                "off (train.reachable_samples=0)"
+            )
+        self.sampler = ProblemSampler(kept, self.cfg.train.seed)
+
+    def _load_reachable_filter(self) -> bool:
+        """Take up the run's flip-reachable problems if they were already probed (resume)."""
+        path = self.output_dir / FILTER_FILE
+        if self.cfg.train.reachable_samples <= 0 or not path.is_file():
+            return False
+        uids = {problem.uid for problem in self.train_problems}
+        self._train_on(load_counts(path, uids, self.cfg.train.reachable_samples))
+        return True
+
+    def _filter_reachable(self) -> None:
+        """Probe training problems with base-model first attempts (version 0, before step 1)
+        and train only on those solved sometimes but not always (`score_ray.reachable`)."""
+        cfg = self.cfg
+        if self.version != 0:
+            raise RuntimeError("flip-reachable filtering must probe the base model (version 0)")
+        samples, size = cfg.train.reachable_samples, cfg.train.reachable_pool_size
+        probed = pool_problems(
+            self.train_problems, size or len(self.train_problems), cfg.train.seed
+        )
+        started = time.perf_counter()
+        attempts = self.actors.rollout.sample_first_attempts(
+            probed, samples, seed=cfg.train.seed * 1_000_003 - 2
+        )
+        items = [(p, a.text) for p, group in zip(probed, attempts, strict=True) for a in group]
+        rewards, _ = self.actors.verifiers.score(items)
+        solved = dict(zip([p.uid for p in probed], solved_counts(rewards, samples), strict=True))
+        save_counts(self.output_dir / FILTER_FILE, solved, samples)
+        self._train_on(solved)
+        self.reachable_filtered = True
+        kept = len(self.sampler.problems)
+        never = sum(1 for count in solved.values() if count == 0)
+        tqdm.write(
+            f"flip-reachable filter: {kept} of {len(probed)} training problems solved in 1 to "
+            f"{samples - 1} of {samples} base-model first attempts ({never} never, "
+            f"{len(probed) - kept - never} always) in {time.perf_counter() - started:.0f} s "
+            f"-> {FILTER_FILE}"
+        )
 
     def next_problems(self) -> tuple[list[Problem], list[list[Attempt] | None]]:
         """This step's prompts and, per prompt, its given first attempts (offline pool) or None

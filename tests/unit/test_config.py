@@ -71,6 +71,8 @@ def test_ill_typed_value_is_named():
         ("model.dtype=float16", "model.dtype"),
         ("rollout.attempt2_samples=0", "rollout.attempt2_samples"),
         ("train.offline_attempt1_fraction=1.5", "train.offline_attempt1_fraction"),
+        ("train.reachable_samples=1", "train.reachable_samples"),
+        ("train.reachable_pool_size=-1", "train.reachable_pool_size"),
         ("task.dev_size=-1", "task.dev_size"),
         # used to divide by zero in the batch-split check instead of naming the key
         ("learner.world_size=0", "learner.world_size"),
