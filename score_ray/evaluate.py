@@ -152,6 +152,18 @@ def bootstrap_intervals(
     return paired_bootstrap(transpose(rewards), columns_metrics, resamples, seed, confidence)
 
 
+def rank_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve of `scores` for telling `labels` True from False: the chance
+    that a random positive scores above a random negative, ties counting 1/2 (the
+    Mann-Whitney U statistic over n_pos * n_neg; Hanley & McNeil 1982). 0.5 is chance."""
+    positives = [s for s, label in zip(scores, labels, strict=True) if label]
+    negatives = [s for s, label in zip(scores, labels, strict=True) if not label]
+    if not positives or not negatives:
+        raise ValueError("AUC needs at least one positive and one negative")
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
 def binomial_cdf(k: int, n: int, p: float) -> float:
     """P[X <= k] for X ~ Binomial(n, p), summed exactly term by term.
 

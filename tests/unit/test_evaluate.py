@@ -22,6 +22,7 @@ from score_ray.evaluate import (
     format_summary,
     mcnemar_exact,
     quantile,
+    rank_auc,
     run_attempts,
     self_correction_metrics,
     summarize,
@@ -327,3 +328,15 @@ def test_plain_model_path_is_left_alone():
 def test_cli_rejects_fewer_than_two_attempts(capsys):
     assert cli_main(["eval", "--attempts", "1", "model.path=tiny-llama"]) == 2
     assert "--attempts" in capsys.readouterr().err
+
+
+def test_rank_auc_by_hand():
+    # positives 0.9, 0.4; negatives 0.5, 0.4, 0.1: pairs 0.9 beats all 3, 0.4 beats 0.1,
+    # ties 0.4 (1/2), loses to 0.5 -> (3 + 1 + 0.5) / 6
+    scores = [0.9, 0.5, 0.4, 0.4, 0.1]
+    labels = [True, False, True, False, False]
+    assert rank_auc(scores, labels) == pytest.approx(4.5 / 6)
+    assert rank_auc([1.0, 0.0], [True, False]) == 1.0
+    assert rank_auc([0.3, 0.3], [True, False]) == 0.5
+    with pytest.raises(ValueError, match="one positive and one negative"):
+        rank_auc([0.3], [True])
