@@ -528,6 +528,13 @@ class TrainConfig:
     (algo.is_ratio_cap). Traces older than the bound get no policy gradient. See
     docs/throughput.md."""
 
+    time_budget_s: float = 0.0
+    """Stop after this many seconds of training steps (0: no limit): the step in flight
+    finishes, then the run ends as if its schedule were done (final evaluation, final/), so
+    it may stop inside Stage I. Counts the steps' wall time only (not the base evaluation,
+    the reachable filter or the offline pool) and carries across a resume. For comparisons
+    at equal wall time, such as synchronous against one-step-off (docs/throughput.md)."""
+
     def problems(self) -> list[str]:
         """One message per bad `train.*` key."""
         check = _Checker("train")
@@ -564,6 +571,7 @@ class TrainConfig:
         )
         check.at_least(self.reachable_pool_size, "reachable_pool_size", 0)
         check.choice(self.max_staleness, "max_staleness", STALENESS_BOUNDS)
+        check.at_least(self.time_budget_s, "time_budget_s", 0)
         return check.problems
 
 

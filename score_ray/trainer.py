@@ -163,6 +163,7 @@ class Trainer:
         self.global_step = 0
         self.learner_restarts = 0
         self.stop_signal: int | None = None
+        self.train_seconds = 0.0  # wall time of the steps so far, for train.time_budget_s
         # Fails in seconds, naming what is missing, if the cluster cannot hold the layout.
         placement = reserve(cfg, cfg.placement_timeout_s)
         self.actors = Actors(
@@ -204,8 +205,9 @@ class Trainer:
             dynamic_ncols=True,
         )
         with bar, self._checkpoint_on_signals():
-            while self.global_step < len(self.schedule):
+            while self.global_step < len(self.schedule) and not self._out_of_time():
                 stage = self.schedule[self.global_step]
+                started = time.perf_counter()
                 try:
                     record = self.step(stage)
                     bar.set_postfix(
@@ -220,7 +222,20 @@ class Trainer:
                     self.recover_learner(failure)
                     bar.n = self.global_step
                     bar.refresh()
+                finally:
+                    self.train_seconds += time.perf_counter() - started
         return self._finish()
+
+    def _out_of_time(self) -> bool:
+        """train.time_budget_s is spent: the run ends here as if its schedule were done."""
+        budget = self.cfg.train.time_budget_s
+        if not budget or self.train_seconds < budget:
+            return False
+        tqdm.write(
+            f"train.time_budget_s={budget:g} spent ({self.train_seconds:.0f} s of steps): "
+            f"stopping after step {self.global_step} of {len(self.schedule)}"
+        )
+        return True
 
     def release_actors(self) -> None:
         """Kill every actor and free the placement for what this driver starts next (STaR in
@@ -299,6 +314,7 @@ class Trainer:
             "sampler": self.sampler.state(),
             "offline_pool": self.offline.state() if self.offline else None,
             "torch_rng": torch.get_rng_state().tolist(),
+            "train_seconds": self.train_seconds,
             # One-step-off: the next step's batch, finished before the sync; resume replays it.
             "rollout_ahead": self.rollouts.state(self.version),
         }
@@ -324,6 +340,7 @@ class Trainer:
     def _continue_from(self, state: dict[str, Any]) -> None:
         """Take up the driver state `state` and push the learner's weights to the rollout."""
         self.global_step = state["global_step"]
+        self.train_seconds = state.get("train_seconds", 0.0)  # absent in older checkpoints
         self.sampler.load_state(state["sampler"])
         if self.offline is not None and state.get("offline_pool"):
             self.offline.load_state(state["offline_pool"])

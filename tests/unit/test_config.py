@@ -83,6 +83,7 @@ def test_ill_typed_value_is_named():
         ("learner.max_tokens_per_micro_batch=-1", "learner.max_tokens_per_micro_batch"),
         ("rollout.cpu_cores=[-1]", "rollout.cpu_cores"),
         ("learner.cpu_cores=[1,1]", "learner.cpu_cores"),
+        ("train.time_budget_s=-1", "train.time_budget_s"),
     ],
 )
 def test_invalid_values_are_rejected_with_key(override, key):
