@@ -7,6 +7,7 @@ alpha, beta, lr) is made here, on `task.dev_size` problems disjoint from train a
     .venv/bin/python benchmarks/dev_sweep.py demo                      # conf/demo.yaml as is
     .venv/bin/python benchmarks/dev_sweep.py beta2_1 algo.beta2=1.0 rollout.attempt2_samples=2
     .venv/bin/python benchmarks/dev_sweep.py --table                   # print the table only
+    .venv/bin/python benchmarks/dev_sweep.py --compare demo beta2_1    # beta2_1 - demo, paired
 
 Each variant is `score-ray train --config conf/demo.yaml <overrides>` into runs/dev/NAME
 (in-training evaluations capped at one problem: the numbers come from the next command),
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from score_ray.demo import config_args, run_cli
-from score_ray.report import date_and_machine
+from score_ray.report import date_and_machine, paired_change, problem_rewards, read_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "dev_sweep.json"
@@ -41,9 +42,18 @@ def main() -> int:
     parser.add_argument("--out", default="runs/dev", help="folder of the variants' runs")
     parser.add_argument("--table", action="store_true", help="only print the results table")
     parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="B - A on the dev problems both evaluated, with a paired bootstrap CI",
+    )
+    parser.add_argument(
         "--eval-only", action="store_true", help="evaluate model.path on dev, no training"
     )
     args = parser.parse_intermixed_args()
+    if args.compare:
+        print(compare(*(Path(args.out) / name / "eval_dev" for name in args.compare)))
+        return 0
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if args.name and not args.table:
         configs = config_args(args.config or ["conf/demo.yaml"])
@@ -87,6 +97,18 @@ def run_variant(
         "wall_s": time.perf_counter() - started,
         **date_and_machine(),
     }
+
+
+def compare(first: Path, second: Path) -> str:
+    """Each metric's change from one variant's dev evaluation to another's, paired by problem
+    (score_ray.report.paired_change: the statistics the demo's report uses)."""
+    rewards = [problem_rewards(read_eval(folder), folder) for folder in (first, second)]
+    paired = paired_change(*rewards)
+    lines = [f"{second} - {first}", paired.note]
+    for metric, entry in (paired.change or {}).items():
+        low, high = entry["ci"]
+        lines.append(f"  {metric:10s} {entry['value']:+.3f} [{low:+.3f}, {high:+.3f}]")
+    return "\n".join(lines)
 
 
 def train_signal(path: Path) -> dict | None:
