@@ -32,11 +32,14 @@ step_throughput-<model>-<config name>.json).
 consecutive steps (one-step-off only overlaps across consecutive steps, so loops cannot
 alternate step by step as the modes above do; they run one after another, then the naive
 loop): synchronous, one-step-off (`train.max_staleness=1`), one-step-off with rollout and
-learner pinned to disjoint cores, and LoRA (rank 8, merged sync) synchronous and one-step-off.
+learner pinned to disjoint cores, and LoRA (rank 8, merged sync) synchronous, one-step-off
+and one-step-off pinned. `--loop NAME` (repeatable) runs only those, into a file of its own.
 Each loop: one warm-up step, then `--steps` timed steps, every one of which starts the next
 step's rollout (one-step-off). Writes step_throughput-loops-<model>[-<config name>].json.
 
     .venv/bin/python benchmarks/step_throughput.py --model tiny-llama --loops --steps 3
+    .venv/bin/python benchmarks/step_throughput.py --model tiny-llama --loops --steps 3 \
+        --loop "sync LoRA" --loop "one-step-off LoRA pinned"
 """
 
 from __future__ import annotations
@@ -186,14 +189,15 @@ LOOPS: dict[str, tuple[str, ...]] = {
     "one-step-off pinned": ("train.max_staleness=1", *PINNED),
     "sync LoRA": LORA,
     "one-step-off LoRA": ("train.max_staleness=1", *LORA),
+    "one-step-off LoRA pinned": ("train.max_staleness=1", *PINNED, *LORA),
 }
 
 
 def compare_loops(args: argparse.Namespace, base: list[str]) -> None:
     """The `--loops` comparison (module docstring): traces trained per second per loop."""
-    loops = dict(LOOPS)
-    if len(os.sched_getaffinity(0)) < 2:
-        loops.pop("one-step-off pinned")  # needs two cores to pin apart
+    loops = {name: LOOPS[name] for name in args.loop or LOOPS}
+    if len(os.sched_getaffinity(0)) < 2:  # pinned loops need two cores to pin apart
+        loops = {name: over for name, over in loops.items() if not set(PINNED) <= set(over)}
     init_ray()
     results: dict[str, Any] = {}
     naive_steps: list[dict[str, float]] = []
@@ -262,6 +266,8 @@ def compare_loops(args: argparse.Namespace, base: list[str]) -> None:
         "loops": results,
     }
     label = args.model if args.config == TINY_CONFIG else f"{args.model}-{args.config.stem}"
+    if args.loop:  # a subset: a file of its own, so that it never replaces the full comparison
+        label += "-" + "_".join(name.replace(" ", "-").lower() for name in loops)
     print(f"wrote {write_result('step_throughput-loops', label, data)}")
 
 
@@ -278,6 +284,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--loops", action="store_true", help="sync vs one-step-off (and LoRA, pinned) loops"
+    )
+    parser.add_argument(
+        "--loop",
+        action="append",
+        choices=list(LOOPS),
+        help="with --loops: only this loop (repeatable; the naive loop always runs)",
     )
     args = parser.parse_args()
     if args.loops:
