@@ -80,6 +80,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _report_checkpoint(model, optimizer, state, metrics, rank, config)
         # Test hook: a worker dies after this checkpoint, once (a resumed run goes on).
         if config.get("fail_after_step") == state["step"] and checkpoint is None:
+            # The controller registers a checkpoint only when it polls the report off each
+            # worker's one-slot result queue; a worker that dies first can take it along
+            # (the resumed run then restarts at step 0). One more report, behind Ray
+            # Train's barrier across ranks, blocks until every rank's checkpoint report was
+            # taken: the death comes after the checkpoint counts, as the test intends.
+            ray.train.report(metrics)
             raise RuntimeError(f"injected failure after step {state['step']}")
 
 
